@@ -1,0 +1,75 @@
+"""GAN objectives: hinge discriminator loss, generator loss, VQGAN adaptive weight, warm-up,
+balanced consistency regularisation (paper / spec §2.2–2.3)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of the discriminator: ``mean(relu(1 - D(x))) + mean(relu(1 + D(x̂)))``.
+
+    The two terms are summed (not averaged), as in the reference training objective.
+    """
+    return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
+
+
+def generator_adv_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """Generator's adversarial loss ``-mean(D(x̂))`` (hinge-GAN generator objective)."""
+    return -logits_fake.mean()
+
+
+def adaptive_gan_weight(
+    nll_loss: torch.Tensor,
+    g_loss: torch.Tensor,
+    last_layer: torch.Tensor,
+    base: float = 0.4,
+    clamp: tuple[float, float] = (0.015, 1e4),
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """VQGAN adaptive weight of the GAN term, a detached scalar.
+
+    ``base * clamp(||∂nll/∂W|| / (||∂g/∂W|| + eps), *clamp)`` with ``W`` the decoder's last
+    layer weight. It balances the two gradients where they meet the image, so the GAN term can
+    neither swamp nor vanish against the reconstruction term. Both graphs are kept
+    (``retain_graph=True``) because the caller back-propagates the total loss afterwards.
+    """
+    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    ratio = nll_grad.float().norm() / (g_grad.float().norm() + eps)
+    return (base * ratio.clamp(clamp[0], clamp[1])).detach()
+
+
+def disc_warmup(step: int, warmup_steps: int) -> float:
+    """Linear GAN warm-up factor ``min(1, step / warmup_steps)``.
+
+    It is 0 at ``step == 0``, where the trainer skips the GAN branch entirely; a non-positive
+    ``warmup_steps`` means no warm-up.
+    """
+    if warmup_steps <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, step / warmup_steps)))
+
+
+def bcr_loss(
+    discriminator: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    logits_real: torch.Tensor,
+    logits_fake: torch.Tensor,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    weight: float = 4.0,
+) -> torch.Tensor:
+    """Balanced consistency regularisation for the discriminator.
+
+    ``weight * (MSE(D(T(x)), D(x)) + MSE(D(T(x̂)), D(x̂)))`` with ``T`` a strong augmentation
+    (the spec uses DiffAug without blur, cutout 0.2). It asks D to give the same answer for an
+    image and its augmented copy, in both the real and the fake branch, so that D cannot key
+    on augmentation artefacts. ``fake`` must already be detached by the caller.
+    """
+    aug_real = discriminator(augment(real))
+    aug_fake = discriminator(augment(fake))
+    return weight * (F.mse_loss(aug_real, logits_real) + F.mse_loss(aug_fake, logits_fake))

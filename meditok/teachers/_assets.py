@@ -1,0 +1,35 @@
+"""Locating offline weight files shipped inside registry packages.
+
+The weight-carrying packages are installed with ``--no-deps`` and must never be imported
+(their ``__init__`` may pull in jax and other large stacks), so we only ask the import
+system where the package directory is.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from meditok.errors import MissingDependencyError
+
+
+def package_dir(package: str) -> Path | None:
+    """Directory of an installed package without importing it (``None`` when absent)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def package_file(package: str, relative: str, pip_hint: str) -> Path:
+    """Path of ``relative`` inside ``package``; raises with an install hint when missing."""
+    root = package_dir(package)
+    path = root / relative if root is not None else None
+    if path is None or not path.exists():
+        raise MissingDependencyError(
+            f"offline weights {relative!r} from package '{package}' not found; "
+            f"install them with: {pip_hint}"
+        )
+    return path

@@ -1,0 +1,1 @@
+"""Small shared helpers (lazy imports, atomic writes, device/precision switch)."""
