@@ -42,14 +42,14 @@ METRIC_CONVENTIONS = {
 
 def psnr(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR (dB) of ``[B, C, H, W]`` images in ``[0, 1]`` (``data_range = 1``)."""
-    tm = require("torchmetrics.functional", "eval", "torchmetrics")
+    tm = require("torchmetrics.functional.image", "eval", "torchmetrics")
     return tm.peak_signal_noise_ratio(preds.float(), target.float(), data_range=1.0,
                                       reduction="none", dim=(1, 2, 3))
 
 
 def ssim(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM in ``[0, 1]`` units of ``[B, C, H, W]`` images in ``[0, 1]``."""
-    tm = require("torchmetrics.functional", "eval", "torchmetrics")
+    tm = require("torchmetrics.functional.image", "eval", "torchmetrics")
     return tm.structural_similarity_index_measure(preds.float(), target.float(), data_range=1.0,
                                                   reduction="none")
 

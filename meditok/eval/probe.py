@@ -164,7 +164,7 @@ def train_linear_probe(train_x: torch.Tensor, train_y: Sequence[int], val_x: tor
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.detach().item() * len(idx)
         layer.eval()
         with torch.no_grad():
             logits = layer(vx)
@@ -197,9 +197,10 @@ def fit_and_score(splits: dict[str, tuple[torch.Tensor, np.ndarray]],
     return result
 
 
-def table2_markdown(rows: list[dict[str, Any]], datasets: Sequence[str]) -> str:
+def table2_markdown(rows: list[dict[str, Any]], datasets: Sequence[str],
+                    labels: dict[str, str] | None = None) -> str:
     """Paper Table 2 layout: one row per model/feature, ``mAP / AUC`` (%) per dataset, AVG."""
-    header = ["Model"] + list(datasets) + ["AVG"]
+    header = ["Model"] + [(labels or {}).get(d, d) for d in datasets] + ["AVG"]
     lines = []
     for row in rows:
         cells, maps, aucs = [row["model"]], [], []

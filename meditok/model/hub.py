@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from meditok.config import MedITokConfig, preset
@@ -22,6 +22,18 @@ from meditok.utils.io import atomic_path, atomic_write_text
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: Checkpoints shipped inside the package (``meditok/weights/<name>/``).
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
+DEFAULT_BUNDLED = "meditok-small"
+
+
+def bundled_checkpoint(name: str = DEFAULT_BUNDLED) -> Path:
+    """Directory of a checkpoint shipped with the package (the README's default model)."""
+    path = BUNDLED_DIR / name
+    if not (path / CONFIG_NAME).exists():
+        available = sorted(p.name for p in BUNDLED_DIR.glob("*") if (p / CONFIG_NAME).exists())
+        raise CheckpointError(f"no bundled checkpoint named {name!r} (available: {available})")
+    return path
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | Path,
@@ -67,7 +79,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorsError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read weights ({exc})") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
@@ -82,6 +94,8 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu"):
     from meditok.model.tokenizer import MedITok
 
     path = Path(path)
+    if not path.exists() and (BUNDLED_DIR / str(path) / CONFIG_NAME).exists():
+        path = BUNDLED_DIR / str(path)  # a bundled name such as "meditok-small"
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint directory or file")
     directory = path if path.is_dir() else path.parent
