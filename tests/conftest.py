@@ -22,3 +22,23 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+SHARED_REFERENCE = SHARED_DATA.parent / "reference"
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    """Path of ``../shared/reference`` (official key list, spec); skips when absent."""
+    if not SHARED_REFERENCE.is_dir():
+        pytest.skip(f"reference material not found at {SHARED_REFERENCE}")
+    return SHARED_REFERENCE
+
+
+@pytest.fixture()
+def tiny_model():
+    """A randomly initialised ``tiny`` MedITok in eval mode (seeded)."""
+    from meditok import MedITok
+
+    torch.manual_seed(0)
+    return MedITok.from_preset("tiny").eval()

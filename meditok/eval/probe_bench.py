@@ -124,8 +124,8 @@ def run_probe(model, data_root: str | Path, *, datasets: Sequence[str] = DATASET
               "probe_config": asdict(cfg), "table": list(rows.values()), "runs": runs,
               "image_size": image_size(model) if model is not None else None,
               "protocol": "frozen encoder+quantiser; one linear layer on standardised "
-                          "features; Adam lr 1e-4, batch 128; early stopping on val AUC "
-                          "(best epoch restored); test mAP/AUC macro one-vs-rest (sklearn)"}
+                          "features; Adam lr 1e-4, batch 128; early stopping on val "
+                          f"{cfg.monitor} (best epoch restored); test mAP/AUC macro one-vs-rest (sklearn)"}
     if out_dir is not None:
         out = Path(out_dir)
         result["curves"] = save_probe_curves(runs, out / "probe_curves.png")

@@ -9,6 +9,7 @@ A pretrained directory follows the Hugging Face hub layout::
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Mapping
 
@@ -79,8 +80,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read weights ({exc})") from exc
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError,
+            pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: cannot read weights (not a torch/safetensors "
+                              f"checkpoint, or not loadable with weights_only=True: {reason})") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
     if "trainer" in obj:  # the release's "raw" training checkpoint: MedITok keys under core.
@@ -136,11 +140,12 @@ def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, t
         raise CheckpointError("\n  ".join(parts))
 
 
-def convert_official(src: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None) -> Path:
+def convert_official(src: str | Path, out_dir: str | Path, dtype: torch.dtype | None = None,
+                     preset_name: str = "large") -> Path:
     """Import the released ``meditok_simple_v1.pth`` (plain state dict) into our format.
 
     The file is read with ``weights_only=True``; every name and shape is checked against the
-    ``large`` preset before anything is written.
+    ``preset_name`` architecture (the release is ``large``) before anything is written.
     """
     from meditok.model.tokenizer import MedITok
 
@@ -148,7 +153,7 @@ def convert_official(src: str | Path, out_dir: str | Path, dtype: torch.dtype | 
     if not src.is_file():
         raise CheckpointError(f"{src}: file not found")
     state = _read_state(src)
-    config = preset("large")
+    config = preset(preset_name)
     with torch.device("meta"):
         reference = MedITok(config).state_dict()
     check_state_dict(state, reference, str(src))

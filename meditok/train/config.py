@@ -85,6 +85,8 @@ class DiscSection:
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     grad_clip: float = 10.0
+    #: DiffAug (translation, colour, cutout, warm-up blur) on every discriminator input.
+    diffaug: bool = True
 
 
 @dataclass

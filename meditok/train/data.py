@@ -1,0 +1,131 @@
+"""Training / validation data for the trainer, with an exactly resumable position.
+
+The training order is a seeded permutation per epoch, split into rank-disjoint strided
+slices (like ``DistributedSampler``, ``drop_last``). A checkpoint stores ``(epoch,
+batches consumed in the epoch)``; on resume the sampler starts at that batch, so the
+resumed run sees exactly the images (and, because the dataset seeds its augmentation per
+``(seed, epoch, index)``, exactly the augmentations) the uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from meditok.config import PreprocessConfig
+from meditok.train.config import TrainConfig
+
+
+class ResumableSampler(Sampler[int]):
+    """Per-epoch seeded shuffle, rank-disjoint, whole batches only, resumable mid-epoch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.epoch = 0
+        self.start_batch = 0
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {size} images, fewer than one batch per process "
+                f"({batch_size} x {world_size} processes); lower data.batch_size")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return (self.size // self.world_size) // self.batch_size
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        per_rank = self.batches_per_epoch * self.batch_size
+        order = self._order()[: per_rank * self.world_size][self.rank::self.world_size]
+        return iter(order[self.start_batch * self.batch_size:])
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+@dataclass
+class TrainData:
+    dataset: Dataset
+    sampler: ResumableSampler
+    batch_size: int
+    num_workers: int
+    seed: int
+
+    def epoch_loader(self, epoch: int, start_batch: int) -> DataLoader:
+        """A loader over the rest of ``epoch`` starting at batch ``start_batch``."""
+        from meditok.data.datasets import collate
+
+        self.sampler.set_position(epoch, start_batch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        # A private generator: creating the iterator must not consume the global RNG, or a
+        # resumed run (iterator created mid-epoch) would drift from the uninterrupted one.
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                          num_workers=self.num_workers, collate_fn=collate, drop_last=True,
+                          pin_memory=torch.cuda.is_available(), generator=g,
+                          persistent_workers=False)
+
+
+def _manifest_rows(cfg: TrainConfig, split: str) -> list[dict]:
+    from meditok.data.manifest import read_manifest
+
+    rows = read_manifest(cfg.data.manifest)
+    if split:
+        rows = [r for r in rows if r.get("split") == split]
+    return rows
+
+
+def build_train_data(cfg: TrainConfig, pre: PreprocessConfig, rank: int, world_size: int) -> TrainData:
+    """The training set of ``cfg.data`` (manifest rows of ``train_split``)."""
+    from meditok.data.datasets import ManifestDataset
+    from meditok.data.transforms import AugmentConfig
+
+    if not cfg.data.manifest:
+        raise ValueError("data.manifest is not set (e.g. --data.manifest corpus/manifest.csv); "
+                         "build a corpus with `meditok data build-corpus`")
+    path = Path(cfg.data.manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found")
+    rows = _manifest_rows(cfg, cfg.data.train_split)
+    if not rows:
+        raise ValueError(f"{path}: no rows with split {cfg.data.train_split!r}")
+    root = cfg.data.root or path.parent
+    aug = AugmentConfig() if cfg.data.augment else AugmentConfig(
+        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), p_hflip=0.0, p_vflip=0.0, p_rotate=0.0,
+        p_grayscale=0.0, p_ct_window=0.0)
+    ds = ManifestDataset(rows, pre, train=True, root=root, seed=cfg.seed, aug=aug)
+    sampler = ResumableSampler(len(ds), cfg.data.batch_size, cfg.seed, rank, world_size)
+    return TrainData(ds, sampler, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
+
+
+def build_val_batches(cfg: TrainConfig, pre: PreprocessConfig) -> list[dict[str, Any]] | None:
+    """Up to ``data.val_images`` held-out images as a fixed list of batches (or ``None``)."""
+    from meditok.data.datasets import ManifestDataset, collate
+
+    if not cfg.data.manifest or cfg.data.val_images <= 0:
+        return None
+    rows = _manifest_rows(cfg, cfg.data.val_split)[: cfg.data.val_images]
+    if not rows:
+        return None
+    root = cfg.data.root or Path(cfg.data.manifest).parent
+    ds = ManifestDataset(rows, pre, train=False, root=root)
+    bs = max(1, cfg.data.val_batch_size)
+    batches = []
+    for start in range(0, len(ds), bs):
+        batches.append(collate([ds[i] for i in range(start, min(len(ds), start + bs))]))
+    return batches

