@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from meditok.train import Trainer, TrainConfig, TrainingDiverged, dropped_teacher_keys
 from meditok.train.checkpoint import list_checkpoints, load_checkpoint
@@ -38,9 +39,17 @@ def write_manifest(shared: Path, out: Path, n_train: int, n_val: int) -> Path:
         else:
             f = fundus[i % len(fundus)]
             items.append((f, "fundus", f"colour fundus photograph, {f.stem[-1]} eye"))
-    rows = [{"identifier": str(f), "modality": m, "dataset": "mixed",
-             "split": "train" if i < n_train else "val", "caption": cap, "label": i % 3,
-             "source_sha256": f"{i}"} for i, (f, m, cap) in enumerate(items)]
+    # Real images, stored downsized (some originals are 2000+ px; decoding them would dominate
+    # the test's run time at the tiny preset's 32 px).
+    rows = []
+    for i, (f, m, cap) in enumerate(items):
+        small = out / "images" / f"{i:03d}_{f.stem}.png"
+        small.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(f) as im:
+            im.convert("RGB").resize((64, 64), Image.BICUBIC).save(small)
+        rows.append({"identifier": str(small.relative_to(out)), "modality": m, "dataset": "mixed",
+                     "split": "train" if i < n_train else "val", "caption": cap, "label": i % 3,
+                     "source_sha256": f.stem})
     path = out / "manifest.csv"
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -52,8 +61,8 @@ def write_manifest(shared: Path, out: Path, n_train: int, n_val: int) -> Path:
 def tiny_config(manifest: Path, out: Path, stage: int = 1, **over) -> TrainConfig:
     base = {
         "stage": stage, "model": {"preset": "tiny"},
-        "align": {"vision_teacher_size": 64},
-        "loss": {"disc_warmup": 10}, "disc": {"warmup_steps": 5},
+        "align": {"vision_teacher_size": 32},
+        "loss": {"disc_warmup": 10}, "disc": {"warmup_steps": 5, "options": {"base": 16}},
         "optim": {"lr": 2e-3, "warmup_steps": 3},
         "data": {"manifest": str(manifest), "batch_size": 8, "num_workers": 0, "val_images": 8,
                  "val_batch_size": 8},

@@ -113,7 +113,7 @@ class ProbeConfig:
     #: ``auc`` (validation AUC, ties broken by the loss).
     monitor: str = "loss"
     #: The validation loss must drop by more than this to count as progress.
-    min_delta: float = 1e-4
+    min_delta: float = 1e-3
 
 
 @dataclass
@@ -194,7 +194,7 @@ def train_linear_probe(train_x: torch.Tensor, train_y: Sequence[int], val_x: tor
             best, best_state, best_epoch, since = key, copy.deepcopy(layer.state_dict()), epoch, 0
         else:
             since += 1
-        bar.set_postfix(val_auc=f"{val['auc']:.4f}", best=best_epoch)
+        bar.set_postfix(val_auc=f"{val['auc']:.4f}", best=best_epoch, refresh=False)
         if since >= cfg.patience:
             break
     layer.load_state_dict(best_state)

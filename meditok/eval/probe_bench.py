@@ -78,14 +78,19 @@ def run_probe(model, data_root: str | Path, *, datasets: Sequence[str] = DATASET
               config: ProbeConfig | None = None, batch_size: int = 32,
               device: str | torch.device = "cpu", out_dir: str | Path | None = None,
               label: str = "MedITok", seed: int = 0, max_train: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
-    """Extract (cached) features, train one probe per dataset × feature kind, write Table 2."""
+              cache_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Extract (cached) features, train one probe per dataset × feature kind, write Table 2.
+
+    Features are cached as ``<cache_dir>/<dataset>-<kind>-<split>.pt`` (default
+    ``<out_dir>/features``); delete them when the checkpoint changes.
+    """
     cfg = replace(config or ProbeConfig(), seed=seed)
     for k in kinds:
         if k not in FEATURE_KINDS:
             raise InvalidInputError(f"unknown feature kind {k!r}; choose from {FEATURE_KINDS}")
     pre = model.config.preprocess if model is not None else None
-    cache = Path(out_dir) / "features" if out_dir is not None else None
+    cache = Path(cache_dir) if cache_dir is not None else \
+        (Path(out_dir) / "features" if out_dir is not None else None)
     runs: list[dict[str, Any]] = []
     rows: dict[str, dict[str, Any]] = {}
     for name in datasets:
@@ -128,7 +133,7 @@ def run_probe(model, data_root: str | Path, *, datasets: Sequence[str] = DATASET
                           f"{cfg.monitor} (best epoch restored); test mAP/AUC macro one-vs-rest (sklearn)"}
     if out_dir is not None:
         out = Path(out_dir)
-        result["curves"] = save_probe_curves(runs, out / "probe_curves.png")
+        result["curves"] = save_probe_curves(runs, out / "probe.curves.png")
         write_results(out, RESULT_NAME, result, to_markdown(result))
     return result
 

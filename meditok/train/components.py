@@ -122,7 +122,7 @@ def build_discriminator(cfg: TrainConfig, image_size: int) -> nn.Module | None:
         return None
     from meditok.losses import build_discriminator as build
 
-    return build(cfg.disc.name, cfg.disc.weights, image_size=image_size)
+    return build(cfg.disc.name, cfg.disc.weights, image_size=image_size, **cfg.disc.options)
 
 
 def build_lpips(cfg: TrainConfig, image_size: int) -> nn.Module | None:

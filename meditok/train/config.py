@@ -78,6 +78,8 @@ class DiscSection:
     #: ``patchgan`` (no weights), ``efficientnet_lite0`` (offline) or ``dinov2_vits14`` (local file).
     name: str = "patchgan"
     weights: str | None = None
+    #: Extra keyword arguments of the discriminator class (e.g. ``{base: 32}`` for PatchGAN).
+    options: dict[str, Any] = field(default_factory=dict)
     lr: float = 2e-5
     betas: tuple[float, float] = (0.5, 0.9)
     eps: float = 1e-6

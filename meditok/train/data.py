@@ -81,6 +81,31 @@ class TrainData:
                           persistent_workers=False)
 
 
+class ShardTrainData:
+    """WebDataset shards (``data.shards``): fixed shard order, rank/worker-disjoint samples.
+
+    An epoch is capped at ``num_samples // world_size // batch_size`` batches so every rank
+    takes the same number of steps; resuming skips the batches already consumed in the epoch.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, num_workers: int, seed: int, world_size: int):
+        self.dataset, self.batch_size, self.num_workers, self.seed = dataset, batch_size, num_workers, seed
+        per_epoch = dataset.num_samples // world_size // batch_size
+        if per_epoch == 0:
+            raise ValueError(f"{dataset.shard_dir}: fewer samples than one batch per process")
+        self.sampler = type("ShardPosition", (), {"batches_per_epoch": per_epoch})()
+
+    def epoch_loader(self, epoch: int, start_batch: int) -> Iterator[dict[str, Any]]:
+        import itertools
+
+        from meditok.data.datasets import collate
+
+        self.dataset.set_epoch(epoch)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                            collate_fn=collate, drop_last=True, pin_memory=torch.cuda.is_available())
+        return itertools.islice(loader, start_batch, self.sampler.batches_per_epoch)
+
+
 def _manifest_rows(cfg: TrainConfig, split: str) -> list[dict]:
     from meditok.data.manifest import read_manifest
 
@@ -90,10 +115,26 @@ def _manifest_rows(cfg: TrainConfig, split: str) -> list[dict]:
     return rows
 
 
-def build_train_data(cfg: TrainConfig, pre: PreprocessConfig, rank: int, world_size: int) -> TrainData:
-    """The training set of ``cfg.data`` (manifest rows of ``train_split``)."""
-    from meditok.data.datasets import ManifestDataset
+def _augment(cfg: TrainConfig) -> Any:
     from meditok.data.transforms import AugmentConfig
+
+    if cfg.data.augment:
+        return AugmentConfig()
+    return AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), p_hflip=0.0, p_vflip=0.0,
+                         p_rotate=0.0, p_grayscale=0.0, p_ct_window=0.0)
+
+
+def build_train_data(cfg: TrainConfig, pre: PreprocessConfig, rank: int,
+                     world_size: int) -> TrainData | ShardTrainData:
+    """The training set of ``cfg.data``: manifest rows of ``train_split``, or WebDataset shards."""
+    from meditok.data.datasets import ManifestDataset
+
+    if cfg.data.shards:
+        from meditok.data.shards import ShardDataset
+
+        ds = ShardDataset(cfg.data.shards, pre, train=True, seed=cfg.seed, aug=_augment(cfg),
+                          rank=rank, world_size=world_size)
+        return ShardTrainData(ds, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, world_size)
 
     if not cfg.data.manifest:
         raise ValueError("data.manifest is not set (e.g. --data.manifest corpus/manifest.csv); "
@@ -105,10 +146,7 @@ def build_train_data(cfg: TrainConfig, pre: PreprocessConfig, rank: int, world_s
     if not rows:
         raise ValueError(f"{path}: no rows with split {cfg.data.train_split!r}")
     root = cfg.data.root or path.parent
-    aug = AugmentConfig() if cfg.data.augment else AugmentConfig(
-        crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), p_hflip=0.0, p_vflip=0.0, p_rotate=0.0,
-        p_grayscale=0.0, p_ct_window=0.0)
-    ds = ManifestDataset(rows, pre, train=True, root=root, seed=cfg.seed, aug=aug)
+    ds = ManifestDataset(rows, pre, train=True, root=root, seed=cfg.seed, aug=_augment(cfg))
     sampler = ResumableSampler(len(ds), cfg.data.batch_size, cfg.seed, rank, world_size)
     return TrainData(ds, sampler, cfg.data.batch_size, cfg.data.num_workers, cfg.seed)
 

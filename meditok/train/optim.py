@@ -74,3 +74,8 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
     def state_dict(self) -> dict:
         # The lambda is rebuilt from the config; only the counters are state.
         return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        state.setdefault("lr_lambdas", [None] * len(self.optimizer.param_groups))
+        super().load_state_dict(state)

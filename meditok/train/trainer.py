@@ -256,11 +256,15 @@ class Trainer:
             if self.batch_in_epoch >= data.sampler.batches_per_epoch:
                 self.epoch += 1
                 self.batch_in_epoch = 0
+            got = 0
             for batch in data.epoch_loader(self.epoch, self.batch_in_epoch):
                 self.batch_in_epoch += 1
+                got += 1
                 yield batch
-            if self.batch_in_epoch < data.sampler.batches_per_epoch:  # pragma: no cover
-                raise RuntimeError("data loader ended early")
+            if got == 0:
+                raise RuntimeError(f"epoch {self.epoch} yielded no training batch (all images unreadable?)")
+            # A shard epoch may end early (unreadable samples): move on to the next epoch.
+            self.batch_in_epoch = max(self.batch_in_epoch, data.sampler.batches_per_epoch)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
