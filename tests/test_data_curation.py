@@ -223,3 +223,16 @@ def test_cli_slice_real_mri(shared_data, tmp_path, capsys):
     assert args.func(args) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["kept"] > 10 and len(list(tmp_path.glob("*.png"))) == res["kept"]
+
+
+def test_qc_rejects_real_stripe_images_and_keeps_real_lesions(shared_data):
+    """ISIC_0000000 is a vertical-stripe rendering (all rows identical); ISIC_0000150 is a lesion."""
+    from meditok.data.readers import read_image
+
+    cfg = QCConfig(min_side=128)
+    stripes = check_quality(read_image(shared_data / "isic_cc0_550" / "ISIC_0000000.jpg"), cfg)
+    lesion = check_quality(read_image(shared_data / "isic_cc0_550" / "ISIC_0000150.jpg"), cfg)
+    assert stripes.reasons == ["stripes"]  # the paper's four rules alone would keep it
+    assert lesion.passed
+    assert check_quality(read_image(shared_data / "isic_cc0_550" / "ISIC_0000000.jpg"),
+                         QCConfig(reject_stripes=False)).passed

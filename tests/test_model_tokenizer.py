@@ -172,3 +172,22 @@ def test_bad_tokens_raise_clear_errors(tiny_model):
         tiny_model.detokenize(torch.full((1, 4, 4, 4), 10_000, dtype=torch.long))
     with pytest.raises(InvalidInputError, match="integer"):
         tiny_model.detokenize(torch.zeros(1, 4, 4, 4))
+
+
+def test_training_and_inference_paths_give_the_same_tokens(tiny_model):
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    tokens = tiny_model.tokenize(x)
+    tiny_model.train()
+    with torch.no_grad():
+        out = tiny_model(x)
+    assert torch.equal(out.indices, tokens)
+    # the straight-through output carries exactly the code vectors in the forward pass
+    q, _, _, _ = tiny_model.quantizer(tiny_model._encode(x)[0])
+    assert torch.allclose(q, tiny_model.codes_to_latents(tokens), atol=1e-6)
+
+
+def test_lookup_chunks_rows_without_changing_results(tiny_model, monkeypatch):
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    full = tiny_model.tokenize(x)
+    monkeypatch.setattr(type(tiny_model.quantizer), "LOOKUP_ROWS", 5)  # 64 rows in 13 chunks
+    assert torch.equal(tiny_model.tokenize(x), full)

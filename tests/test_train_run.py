@@ -152,3 +152,25 @@ def test_nan_stops_with_last_checkpoint_intact(shared_data, tmp_path):
     log = read_log(tmp_path / "run" / "train_log.jsonl")
     assert max(r["step"] for r in log) == 4
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_combined_single_stage_with_unfrozen_text_encoder(shared_data, tmp_path):
+    """Eq. S4 (vision + text terms in one stage) with the text-encoder ablation: both heads
+    and the text encoder itself receive gradients, and checkpoints carry the text encoder."""
+    manifest = write_manifest(shared_data, tmp_path, n_train=8, n_val=0)
+    cfg = tiny_config(manifest, tmp_path / "c", **{"align.combined": True, "align.unfreeze_text": True,
+                                                   "loss.gan": 0.0})
+    assert cfg.teacher_kinds() == ["vision", "text"]
+    trainer = Trainer(cfg)
+    from meditok.train.data import build_train_data
+    data = build_train_data(cfg, trainer.model.config.preprocess, 0, 1)
+    batch = next(iter(data.epoch_loader(0, 0)))
+    rec = trainer.generator_backward(batch)
+    assert rec["loss_align"] > 0
+    for kind in ("vision", "text"):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in trainer.module.heads[kind].parameters())
+    text_params = list(trainer.module.text_teacher.parameters())
+    assert sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in text_params) > len(text_params) // 2
+    state = trainer.state_dict()
+    assert state["text_teacher"] and set(state["heads"]) == {"vision", "text"}

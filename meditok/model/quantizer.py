@@ -36,22 +36,10 @@ class CodebookQuantizer(nn.Module):
     def normalized_codebook(self) -> torch.Tensor:
         return F.normalize(self.codebook.weight.float(), dim=-1)
 
-    def lookup(self, f: torch.Tensor) -> torch.Tensor:
-        """Indices of the most similar code for each (already normalised) row of ``f``."""
-        return torch.argmax(f.detach() @ self.normalized_codebook().t(), dim=-1)
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Quantise ``z`` [N, dim] → (STE output, indices, vq loss, usage %)."""
-        f = F.normalize(z, dim=-1)
-        idx = self.lookup(f)
-        q = F.embedding(idx, self.normalized_codebook())
-        # commitment (beta, moves the encoder) + codebook term (moves the codes)
-        loss = self.beta * F.mse_loss(f, q.detach()) + F.mse_loss(q, f.detach())
-        out = f + (q - f).detach()
-        return out, idx, loss, self._usage(idx)
-
     @torch.no_grad()
-    def _usage(self, idx: torch.Tensor) -> torch.Tensor:
+    def update_usage(self, idx: torch.Tensor) -> torch.Tensor:
+        """Record the batch's code histogram (EMA in ``vocab_usage`` when training) and return
+        the usage %: share of codes with probability above 0.01 / size."""
         counts = torch.bincount(idx, minlength=self.size).float()
         if self.training and dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)  # usage over the global batch
@@ -69,6 +57,10 @@ class CodebookQuantizer(nn.Module):
 class MultiCodebookQuantizer(nn.Module):
     """``num_codebooks`` independent :class:`CodebookQuantizer` over contiguous latent chunks."""
 
+    #: Rows scored per batched matmul: bounds the [K, rows, codebook_size] similarity tensor
+    #: (8 x 1024 x 4096 fp32 = 128 MiB) whatever the batch size.
+    LOOKUP_ROWS = 1024
+
     def __init__(self, num_codebooks: int, codebook_size: int, vocab_width: int, beta: float = 0.25):
         super().__init__()
         if vocab_width % num_codebooks:
@@ -79,26 +71,47 @@ class MultiCodebookQuantizer(nn.Module):
             CodebookQuantizer(codebook_size, self.code_dim, beta) for _ in range(num_codebooks)
         )
 
-    def _chunks(self, z: torch.Tensor) -> list[torch.Tensor]:
-        return list(z.float().reshape(-1, z.shape[-1]).split(self.code_dim, dim=-1))
+    def _normalized_chunks(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, L, K*d] → unit-norm chunks [K, B*L, d] (fp32)."""
+        flat = z.float().reshape(-1, self.num_codebooks, self.code_dim)
+        return F.normalize(flat, dim=-1).transpose(0, 1)
+
+    def _lookup(self, f: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
+        """Nearest code (highest cosine) per row, all sub-codebooks in one batched matmul.
+
+        One ``bmm`` over the K codebooks instead of K separate matmuls: the K=8-deep dot
+        products are memory-bound, and batching them lets the threads share the work.
+        """
+        f = f.detach()
+        out = [torch.argmax(torch.bmm(f[:, i:i + self.LOOKUP_ROWS], books.transpose(1, 2)), dim=-1)
+               for i in range(0, f.shape[1], self.LOOKUP_ROWS)]
+        return torch.cat(out, dim=1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training path. ``z`` [B, L, vocab_width] → (STE latents, indices [B, K, L],
         mean vq loss, usage % per codebook [K])."""
         b, n, _ = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
-            outs, idxs, losses, usages = zip(*(cb(c) for cb, c in zip(self.codebooks, self._chunks(z))))
-            out = torch.cat(outs, dim=-1).reshape(b, n, -1)
-            indices = torch.stack(idxs, dim=0).reshape(self.num_codebooks, b, n).transpose(0, 1)
-            return out, indices, torch.stack(losses).mean(), torch.stack(usages)
+            f = self._normalized_chunks(z)  # [K, N, d]
+            books = self.codebook_vectors()  # [K, V, d], differentiable (codebook term)
+            idx = self._lookup(f, books)  # [K, N]
+            q = torch.stack([F.embedding(idx[k], books[k]) for k in range(self.num_codebooks)])
+            beta = self.codebooks[0].beta
+            # commitment (beta, moves the encoder) + codebook term (moves the codes); the mean
+            # over all elements equals the mean over sub-codebooks of their own MSEs.
+            loss = beta * F.mse_loss(f, q.detach()) + F.mse_loss(q, f.detach())
+            out = f + (q - f).detach()
+            usage = torch.stack([cb.update_usage(idx[k]) for k, cb in enumerate(self.codebooks)])
+            out = out.transpose(0, 1).reshape(b, n, -1)
+            return out, idx.reshape(self.num_codebooks, b, n).transpose(0, 1), loss, usage
 
     @torch.no_grad()
     def latents_to_indices(self, z: torch.Tensor) -> torch.Tensor:
         """Inference path (no statistics updated): [B, L, vocab_width] → [B, K, L] int64."""
         b, n, _ = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
-            idx = [cb.lookup(F.normalize(c, dim=-1)) for cb, c in zip(self.codebooks, self._chunks(z))]
-        return torch.stack(idx, dim=0).reshape(self.num_codebooks, b, n).transpose(0, 1)
+            idx = self._lookup(self._normalized_chunks(z), self.codebook_vectors())
+        return idx.reshape(self.num_codebooks, b, n).transpose(0, 1)
 
     def indices_to_latents(self, indices: torch.Tensor) -> torch.Tensor:
         """[B, K, L] (or [B, K, h, w]) → concatenated unit-norm code vectors [B, L, vocab_width]."""

@@ -82,7 +82,9 @@ class Trainer:
 
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DDP(self.module, device_ids=ids, broadcast_buffers=False)
+            # An unfrozen HF text encoder has layers the pooled output never uses (BERT pooler).
+            self.ddp = DDP(self.module, device_ids=ids, broadcast_buffers=False,
+                           find_unused_parameters=cfg.align.unfreeze_text)
         else:
             self.ddp = self.module
         self.optim = build_adamw(self.module.named_parameters(), cfg.optim.lr, cfg.optim.betas,
