@@ -42,3 +42,13 @@ def tiny_model():
 
     torch.manual_seed(0)
     return MedITok.from_preset("tiny").eval()
+
+
+@pytest.fixture()
+def one_thread():
+    """Run a test with one torch thread: tiny ops on a shared 2-core machine otherwise lose
+    most of their time to OpenMP threads spinning against each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

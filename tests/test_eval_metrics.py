@@ -10,13 +10,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from meditok.eval.metrics import InceptionFeatures, frechet_distance, make_fid, fid_value, psnr, ssim
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # On a shared 2-core machine one thread is about 2x faster than two spinning ones.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _real_images(shared_data, n: int, size: int) -> np.ndarray:

@@ -10,13 +10,7 @@ import torch
 from meditok.eval.probe import ProbeConfig, fit_and_score, probe_scores, train_linear_probe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls on a shared 2-core machine: one thread avoids OpenMP spin contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _separable(n: int, dim: int, seed: int):

@@ -11,13 +11,7 @@ from meditok.config import preset  # noqa: E402
 from meditok.eval.volume import evaluate_volumes, load_sliced_volume, reconstruct_volume, volume_features  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions on a shared 2-core machine: one thread avoids OpenMP spin contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Identity:
