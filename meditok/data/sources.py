@@ -6,12 +6,13 @@ the paper's eight (:data:`meditok.data.manifest.MODALITIES`) or ``unknown``.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from meditok.utils.lazy import package_dir
 
 CHUNK = 64
 #: Manifest spelling of the reader's modality hints.
@@ -29,13 +30,6 @@ def caption(modality: str, detail: str = "", suffix: str = "") -> str:
         head = f"This is {ARTICLE.get(modality, 'a')} {modality} image"
     text = head + (f" {detail}" if detail else "")
     return text + (f", {suffix}" if suffix else "") + "."
-
-
-def _pkg_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
 
 
 def _chunks(kind: str, dataset: str, items: list[dict], **common: Any) -> list[dict]:
@@ -179,13 +173,13 @@ def volume_jobs(shared: Path) -> list[dict]:
         if f.exists():
             jobs.append({"kind": "volume", "dataset": "pyradiomics", "src": str(f), "name": n,
                          "modality": "MRI", "detail": "of the brain", "job_id": f"pyradiomics-{n}"})
-    nl = _pkg_dir("nilearn")
+    nl = package_dir("nilearn")
     t1 = nl / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" if nl else None
     if t1 is not None and t1.exists():
         jobs.append({"kind": "volume", "dataset": "nilearn_mni152", "src": str(t1), "name": "mni152_t1",
                      "modality": "MRI", "detail": "of the brain (T1-weighted template)",
                      "job_id": "nilearn-mni152"})
-    nb = _pkg_dir("nibabel")
+    nb = package_dir("nibabel")
     anat = nb / "tests" / "data" / "anatomical.nii" if nb else None
     if anat is not None and anat.exists():
         jobs.append({"kind": "volume", "dataset": "nibabel_sample", "src": str(anat), "name": "anatomical",
@@ -212,13 +206,13 @@ def package_sample_jobs() -> list[dict]:
         files = sorted(set(get_testdata_files("*.dcm")))
     except Exception:  # pydicom-data absent or offline download failures
         files = []
-    nb = _pkg_dir("nibabel")
+    nb = package_dir("nibabel")
     if nb is not None:
         files += sorted(str(p) for p in (nb / "tests" / "data").glob("*.dcm"))
     for f in files:  # modality from the DICOM header; names from content hashes (no UIDs)
         items.append({"src": str(f), "name": None, "modality": "from_dicom", "caption": "",
                       "label": -1, "dataset": "dicom_samples"})
-    sk = _pkg_dir("skimage")
+    sk = package_dir("skimage")
     if sk is not None:
         if (sk / "data" / "retina.jpg").exists():
             items.append({"src": str(sk / "data" / "retina.jpg"), "name": "skimage_retina",

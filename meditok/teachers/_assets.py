@@ -6,21 +6,10 @@ system where the package directory is.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from meditok.errors import MissingDependencyError
-
-
-def package_dir(package: str) -> Path | None:
-    """Directory of an installed package without importing it (``None`` when absent)."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+from meditok.utils.lazy import package_dir
 
 
 def package_file(package: str, relative: str, pip_hint: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from meditok.errors import CheckpointError, MissingDependencyError
-from meditok.teachers._assets import package_dir
+from meditok.utils.lazy import package_dir
 from meditok.teachers.base import Teacher
 from meditok.utils.lazy import require
 

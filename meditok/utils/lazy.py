@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from pathlib import Path
 from types import ModuleType
 
 from meditok.errors import MissingDependencyError
@@ -23,3 +25,18 @@ def require(module: str, extra: str, package: str | None = None) -> ModuleType:
             f"this feature needs the optional package '{pkg}' ({exc}); "
             f"install it with: pip install 'meditok[{extra}]'  (or: pip install {pkg})"
         ) from exc
+
+
+def package_dir(package: str) -> Path | None:
+    """Directory of an installed package without importing it (``None`` when absent).
+
+    Used for packages that only carry data (sample images, offline weights): importing them
+    can be slow or pull in large stacks, and only their files are needed.
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
