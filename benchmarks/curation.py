@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from meditok.config import PreprocessConfig
-from meditok.data.preprocess import to_model_input
+from meditok.data.preprocess import PreprocessConfig
+from meditok.data.preprocess import to_input
 from meditok.data.quality import check_quality
 from meditok.data.readers import iter_image_files, read_image, read_volume
 from meditok.data.volumes import SliceConfig, slice_volume
@@ -49,7 +49,7 @@ def bench_folder(folder: Path) -> dict:
     for f in files:
         img = read_image(f)
         check_quality(img)
-        to_model_input(img, pre)
+        to_input(img, pre)
     dt = time.perf_counter() - t0
     return {"folder": str(folder), "files": len(files), "seconds": round(dt, 3),
             "images_per_s": round(len(files) / dt, 1)}
@@ -76,7 +76,7 @@ def main() -> None:
         lines.append(f"| {k} {r['shape']} | {r['step5']['candidates']} | {r['step5']['slices_per_s']} | "
                      f"{r['step1']['slices_per_s']} | {r['per_slice_cost_ratio_step1_vs_step5']} |")
     f = res["png_folder_sam_med2d"]
-    lines += ["", f"PNG folder ({f['files']} files, read + QC + to_model_input 256 px): "
+    lines += ["", f"PNG folder ({f['files']} files, read + QC + to_input 256 px): "
                   f"{f['images_per_s']} images/s", ""]
     atomic_write_text(out / "curation.md", "\n".join(lines))
     print("\n".join(lines))

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from meditok.eval.common import checkpoint_label, load_model  # noqa: E402
-from meditok.eval.efficiency import run_efficiency  # noqa: E402
+from meditok.tokenizer.hub import checkpoint_label, load_tokenizer as load_model
+from meditok.tokenizer.bench.efficiency import run_efficiency
 
 
 def main(argv: list[str] | None = None) -> int:

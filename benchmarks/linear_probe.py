@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from meditok.eval.common import checkpoint_label, load_model  # noqa: E402
-from meditok.eval.probe import ProbeConfig  # noqa: E402
-from meditok.eval.probe_bench import DATASETS, run_probe  # noqa: E402
+from meditok.tokenizer.hub import checkpoint_label, load_tokenizer as load_model
+from meditok.metrics.probe import ProbeConfig
+from meditok.tokenizer.bench.probe_bench import DATASETS, run_probe
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ def _model(preset: str, image_size: int):
     import torch
 
     from meditok import MedITok
-    from meditok.model.hub import bundled_checkpoint
+    from meditok.tokenizer.hub import bundled_checkpoint
 
     torch.manual_seed(0)
     if preset == "small":

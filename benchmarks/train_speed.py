@@ -1,6 +1,6 @@
 """Training throughput (images/s) per preset → benchmarks/results/train_speed.{json,md}
 
-Times complete optimiser steps of :class:`meditok.train.Trainer` (generator + discriminator
+Times complete optimiser steps of :class:`meditok.tokenizer.train.Trainer` (generator + discriminator
 + logit-scale clamp) on real ISIC images from ``../shared/data`` (random images if absent:
 speed does not depend on content). Two objectives per preset:
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from meditok.train import Trainer, TrainConfig
+from meditok.tokenizer.train import Trainer, TrainConfig
 from meditok.utils.io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
@@ -38,7 +38,7 @@ def real_images(n: int, size: int) -> tuple[torch.Tensor, str]:
     files = sorted((SHARED / "isic_cc0_550").glob("ISIC_*.jpg"))[:n]
     if len(files) < n:
         return torch.rand(n, 3, size, size) * 2 - 1, "random"
-    from meditok.config import PreprocessConfig
+    from meditok.data.preprocess import PreprocessConfig
     from meditok.data.preprocess import load_images
 
     return load_images(files, PreprocessConfig(image_size=size)), "isic"
@@ -118,7 +118,7 @@ def main() -> None:
                         a for a in os.sys.argv[1:]), "results": rows}
     atomic_write_text(path, json.dumps(data, indent=2))
     lines = ["# Training throughput", "",
-             "Complete optimiser steps (generator + discriminator) of `meditok.train.Trainer`, "
+             "Complete optimiser steps (generator + discriminator) of `meditok.tokenizer.train.Trainer`, "
              "stage-1 objective. `full`: LPIPS (if side >= 48) + PatchGAN/DiffAug/BCR + contrastive "
              "alignment to EfficientNet-Lite0; `lean`: `--loss.lpips 0 --loss.gan 0`.", ""]
     for dev, block in data.items():

@@ -1,7 +1,7 @@
 """meditok: a unified tokenizer for medical images (MedITok), pure PyTorch and CPU-first."""
-from meditok.config import MedITokConfig, ModelConfig, PreprocessConfig, preset
+from meditok.data.preprocess import PreprocessConfig
 from meditok.errors import CheckpointError, ImageReadError, InvalidInputError, MedITokError
-from meditok.model import MedITok, MedITokOutput
+from meditok.tokenizer import MedITok, MedITokConfig, MedITokOutput, ModelConfig, preset
 
 __version__ = "0.1.0"
 __all__ = [

@@ -24,6 +24,10 @@ class InvalidInputError(MedITokError):
     """A tensor handed to the model has the wrong shape, range or values."""
 
 
+class DeviceError(MedITokError):
+    """The requested device does not exist on this machine (e.g. ``cuda`` without a GPU)."""
+
+
 class CheckpointError(MedITokError):
     """A checkpoint is missing, corrupt, or does not match the expected layout."""
 

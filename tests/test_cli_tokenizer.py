@@ -12,7 +12,7 @@ from PIL import Image
 from meditok import MedITok
 from meditok.cli import main
 from meditok.data.preprocess import load_image
-from meditok.tasks.reconstruct import load_tokens
+from meditok.tokenizer.jobs import load_tokens
 
 
 @pytest.fixture()

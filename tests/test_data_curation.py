@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from meditok.config import PreprocessConfig
+from meditok.data.preprocess import PreprocessConfig
 from meditok.data.corpus import build_corpus
 from meditok.data.datasets import ManifestDataset
 from meditok.data.manifest import read_manifest
@@ -109,13 +109,15 @@ def test_rotation_both_directions_and_determinism():
     aug = AugmentConfig(crop_scale=(1, 1), crop_ratio=(1, 1), p_hflip=0, p_vflip=0, p_rotate=1, p_grayscale=0)
     outs = set()
     for seed in range(40):
-        y = train_transform(x, 4, aug=aug, gen=torch.Generator().manual_seed(seed))
+        y = train_transform(x, PreprocessConfig(image_size=4), aug=aug,
+                            gen=torch.Generator().manual_seed(seed))
         for k in (1, -1):
             if torch.allclose(y, torch.rot90(x, k, (-2, -1)), atol=1e-5):
                 outs.add(k)
     assert outs == {1, -1}
-    a = train_transform(x, 8, gen=torch.Generator().manual_seed(7))
-    b = train_transform(x, 8, gen=torch.Generator().manual_seed(7))
+    pre8 = PreprocessConfig(image_size=8)
+    a = train_transform(x, pre8, aug=AugmentConfig(), gen=torch.Generator().manual_seed(7))
+    b = train_transform(x, pre8, aug=AugmentConfig(), gen=torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and a.shape == (3, 8, 8)
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from meditok.config import PreprocessConfig
-from meditok.data.preprocess import load_image, load_images, resize_to_square, to_model_input
-from meditok.data.readers import (MedicalImage, iter_image_files, iter_medmnist, read_image,
+from meditok.data.preprocess import PreprocessConfig
+from meditok.data.preprocess import interpret, load_image, load_images, resize_to_square, to_input
+from meditok.data.benchmarks import iter_medmnist
+from meditok.data.readers import (MedicalImage, iter_image_files, read_image,
                                   read_volume)
 from meditok.errors import ImageReadError
 
@@ -37,7 +38,7 @@ def test_dicom_ct_jpeg2000_gives_hu(shared_data):
     assert img.meta["spacing"] == pytest.approx([0.9765625, 0.9765625])
     for banned in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"):
         assert banned not in img.meta
-    _check_input(to_model_input(img, PRE))
+    _check_input(to_input(img, PRE))
 
 
 def test_dicom_series_sorted_by_position(shared_data):
@@ -69,7 +70,7 @@ def test_nifti_volume_and_middle_slice(shared_data):
     assert img.kind == "hu" and np.array_equal(img.array, vol.array[56])
     assert np.array_equal(read_image(path, slice_index=3).array, vol.array[3])
     assert read_image(path).kind == "float"  # no modality hint: generic float scaling
-    _check_input(to_model_input(img, PRE))
+    _check_input(to_input(img, PRE))
 
 
 def test_nrrd_mri(shared_data):
@@ -77,7 +78,7 @@ def test_nrrd_mri(shared_data):
     assert vol.array.shape == (25, 256, 256)
     assert vol.spacing == pytest.approx((6.5, 0.78125, 0.78125))
     img = read_image(shared_data / "radiomics_nrrd" / "brain1_image.nrrd")
-    x = to_model_input(img, PRE)
+    x = to_input(img, PRE)
     _check_input(x)
     from meditok.data.preprocess import scale_intensity
     s = scale_intensity(img, PRE)  # percentile clip then min-max, before resizing
@@ -89,7 +90,7 @@ def test_nrrd_mri(shared_data):
 def test_isic_jpeg_uint8_scaling(shared_data):
     img = read_image(shared_data / "isic_cc0_550" / "ISIC_0000000.jpg")
     assert img.kind == "uint8" and img.array.shape == (250, 250, 3)
-    big = to_model_input(img, PreprocessConfig(image_size=250))
+    big = to_input(img, PreprocessConfig(image_size=250))
     expected = torch.from_numpy(img.array).permute(2, 0, 1) / 255 * 2 - 1
     assert torch.allclose(big, expected, atol=1e-6)  # same size: exact x/255*2-1
 
@@ -98,7 +99,7 @@ def test_drive_tiff(shared_data):
     f = sorted((shared_data / "retina_vessels" / "DRIVE" / "training" / "images").glob("*.tif"))[0]
     img = read_image(f)
     assert img.kind == "uint8" and img.array.shape == (584, 565, 3)
-    _check_input(to_model_input(img, PRE))
+    _check_input(to_input(img, PRE))
 
 
 def test_medmnist_npz(shared_data):
@@ -114,8 +115,8 @@ def test_16bit_png_hu_round_trip_from_real_ct(shared_data, tmp_path):
     stored = (np.clip(hu, -1000, 2000) + 1024).astype(np.uint16)
     Image.fromarray(stored).save(tmp_path / "ct.png")
     raw = read_image(tmp_path / "ct.png")
-    assert raw.kind == "uint16"
-    img = read_image(tmp_path / "ct.png", ct_offset=1024)
+    assert raw.kind == "uint16" and "ct_offset" not in raw.meta  # a plain PNG says nothing
+    img = interpret(raw, "ct", PRE)
     assert img.kind == "hu" and img.modality == "ct"
     assert np.array_equal(img.array, np.clip(hu, -1000, 2000))
     x = load_image(tmp_path / "ct.png", PRE, modality="ct")
@@ -128,12 +129,12 @@ def test_rgba_and_grey_channels(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     img = read_image(tmp_path / "a.png")
     assert img.array.shape == (40, 50, 4)
-    x = to_model_input(img, PreprocessConfig(image_size=32))
-    rgb_only = to_model_input(MedicalImage(rgba[..., :3].astype(np.float32), "uint8"),
+    x = to_input(img, PreprocessConfig(image_size=32))
+    rgb_only = to_input(MedicalImage(rgba[..., :3].astype(np.float32), "uint8"),
                               PreprocessConfig(image_size=32))
     assert torch.equal(x, rgb_only)  # alpha dropped, nothing else changed
     grey = read_image(_save_grey(tmp_path))
-    g = to_model_input(grey, PreprocessConfig(image_size=32))
+    g = to_input(grey, PreprocessConfig(image_size=32))
     assert torch.equal(g[0], g[1]) and torch.equal(g[1], g[2])
 
 
@@ -146,7 +147,7 @@ def _save_grey(tmp_path: Path) -> Path:
 def test_hu_window_mapping():
     hu = np.array([[-2000, -1000, 0], [1000, 3000, 500]], dtype=np.float32)
     img = MedicalImage(np.kron(hu, np.ones((2, 2), np.float32)), "hu", "ct")
-    x = to_model_input(img, PreprocessConfig(image_size=4, resize="squash", ct_window=(-1000, 1000)))
+    x = to_input(img, PreprocessConfig(image_size=4, resize="squash", ct_window=(-1000, 1000)))
     # 4x6 → 4x4 changes values, so check the mapping before resizing instead
     from meditok.data.preprocess import scale_intensity
     s = scale_intensity(img, PreprocessConfig(ct_window=(-1000, 1000)))
@@ -219,7 +220,7 @@ def test_wrong_channel_count(tmp_path):
                      planarconfig="contig")
     img = read_image(tmp_path / "five.tif")
     with pytest.raises(ImageReadError) as info:
-        to_model_input(img, PRE)
+        to_input(img, PRE)
     assert "five.tif" in str(info.value) and "5 channels" in info.value.reason
 
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from numpy.lib.stride_tricks import sliding_window_view
 
-from meditok.eval.metrics import InceptionFeatures, frechet_distance, make_fid, fid_value, psnr, ssim
+from meditok.metrics.image import InceptionFeatures, frechet_distance, make_fid, fid_value, psnr, ssim
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

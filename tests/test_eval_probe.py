@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from meditok.eval.probe import ProbeConfig, fit_and_score, probe_scores, train_linear_probe
+from meditok.tokenizer.bench.probe import ProbeConfig, fit_and_score, probe_scores, train_linear_probe
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,8 +71,8 @@ def test_probe_scores_are_macro_one_vs_rest():
 
 
 def test_run_probe_breastmnist_writes_table2(shared_data, tmp_path):
-    from meditok.eval.common import load_model
-    from meditok.eval.probe_bench import run_probe
+    from meditok.tokenizer.hub import load_tokenizer as load_model
+    from meditok.tokenizer.bench.probe_bench import run_probe
 
     model = load_model("preset:tiny")
     cfg = ProbeConfig(max_epochs=8, patience=3)

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from meditok.eval.codebook import CodeUsage
+from meditok.metrics.codebook import CodeUsage
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,10 +54,13 @@ def test_code_usage_accumulates_over_batches():
 
 
 def test_parser_registers_eval_and_report():
-    from meditok.cli.eval import register
+    from meditok.cli import eval as eval_cli
+    from meditok.cli import report as report_cli
 
     parser = argparse.ArgumentParser(prog="meditok")
-    register(parser.add_subparsers(dest="command"))
+    sub = parser.add_subparsers(dest="command")
+    eval_cli.register(sub)
+    report_cli.register(sub)
     args = parser.parse_args(["eval", "probe", "preset:tiny", "--features", "tokens,embed",
                               "--device", "cpu"])
     assert args.eval_command == "probe" and args.features == "tokens,embed"
@@ -132,7 +135,7 @@ def test_render_report_script_skips_or_renders(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    from meditok.eval.report import build_report
+    from meditok.report import build_report
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "render_report.py"
     spec = importlib.util.spec_from_file_location("render_report", script)

@@ -7,8 +7,8 @@ import torch
 
 nib = pytest.importorskip("nibabel")
 
-from meditok.config import preset  # noqa: E402
-from meditok.eval.volume import evaluate_volumes, load_sliced_volume, reconstruct_volume, volume_features  # noqa: E402
+from meditok.tokenizer.config import preset  # noqa: E402
+from meditok.tokenizer.bench.volume import evaluate_volumes, load_sliced_volume, reconstruct_volume, volume_features  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +26,7 @@ class _Identity:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from meditok.eval.common import load_model
+    from meditok.tokenizer.hub import load_tokenizer as load_model
 
     return load_model("preset:tiny")
 

@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 
 # name -> (reader modality, sha256 of the int64 tokens, sum of the input, sum of the
 # reconstruction, reconstruction[0, :, 10, 20], reconstruction[0, 0, 32, 32])

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

@@ -8,7 +8,7 @@ import torch
 from meditok.errors import CheckpointError
 from meditok.losses import (FrozenFeatureDiscriminator, PatchGANDiscriminator, build_discriminator,
                             generator_adv_loss, hinge_d_loss, trainable_parameters)
-from meditok.teachers.vit import DINOV2_VITS14, ViTSpec, VisionTransformer
+from meditok.backbones.vit import DINOV2_VITS14, ViTSpec, VisionTransformer
 
 
 def _dinov2_keys(depth: int) -> list[str]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from meditok import CheckpointError, MedITok
-from meditok.model.hub import convert_official
+from meditok.tokenizer.hub import convert_official
 
 
 def test_save_load_identity(tiny_model, tmp_path):

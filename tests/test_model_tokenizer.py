@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from meditok import InvalidInputError, MedITok, preset
-from meditok.model.projection import AttnProjection
+from meditok.tokenizer.projection import AttnProjection
 
 
 def _official_keys(reference) -> dict[str, tuple[int, ...]]:

@@ -12,8 +12,8 @@ from PIL import Image
 
 from meditok.errors import CheckpointError
 from meditok.teachers import Teacher, TeacherHead, build_teacher
-from meditok.teachers.efficientnet import IMAGENET_MEAN, IMAGENET_STD, load_efficientnet_lite0
-from meditok.teachers.vit import ViTSpec, VisionTransformer, load_dinov2
+from meditok.backbones.efficientnet import IMAGENET_MEAN, IMAGENET_STD, load_efficientnet_lite0
+from meditok.backbones.vit import ViTSpec, VisionTransformer, load_dinov2
 
 
 def _image(path, size: int = 224) -> torch.Tensor:

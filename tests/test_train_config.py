@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from meditok.model import MedITok
-from meditok.train import TrainConfig, apply_overrides
-from meditok.train.optim import WarmupCosine, build_adamw, no_weight_decay, warmup_cosine
-from meditok.train.validate import CodeStats, psnr, ssim
+from meditok.tokenizer import MedITok
+from meditok.tokenizer.train import TrainConfig, apply_overrides
+from meditok.engine.optim import WarmupCosine, build_adamw, no_weight_decay, warmup_cosine
+from meditok.data.preprocess import to_unit
+from meditok.metrics.codebook import CodeUsage
+from meditok.metrics.image import psnr, ssim
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -108,13 +110,13 @@ def test_warmup_cosine_schedule():
 
 def test_psnr_ssim_and_code_statistics():
     torch.manual_seed(0)
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x = to_unit(torch.rand(2, 3, 32, 32) * 2 - 1)
     assert torch.all(ssim(x, x) > 0.999) and torch.all(psnr(x, x) > 90)
-    noisy = (x + 0.1 * torch.randn_like(x)).clamp(-1, 1)
-    # noise std 0.1 in [-1,1] = 0.05 in [0,1]: PSNR about 10*log10(1/0.05**2) = 26 dB
+    noisy = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    # noise std 0.05 in [0,1]: PSNR about 10*log10(1/0.05**2) = 26 dB
     assert psnr(noisy, x).mean() == pytest.approx(26.0, abs=1.0)
     assert 0.2 < ssim(noisy, x).mean() < 0.99
-    stats = CodeStats(2, 4)
+    stats = CodeUsage(2, 4)
     stats.update(torch.tensor([[[[0, 1], [2, 3]], [[0, 0], [0, 0]]]]))  # [1, K=2, 2, 2]
     assert stats.usage() == [100.0, 25.0]
     assert stats.perplexity() == pytest.approx([4.0, 1.0])

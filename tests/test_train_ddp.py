@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from meditok.config import preset
-from meditok.train import Trainer
-from meditok.train.distributed import DistInfo
+from meditok.tokenizer.config import preset
+from meditok.tokenizer.train import Trainer
+from meditok.engine.distributed import DistInfo
 from test_train_run import tiny_config, write_manifest
 
 BATCH = 8

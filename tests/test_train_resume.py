@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from meditok.train.checkpoint import latest_checkpoint, load_checkpoint
-from meditok.train.logs import read_log
+from meditok.engine.checkpoints import latest_checkpoint, load_checkpoint
+from meditok.engine.logs import read_log
 from test_train_run import tiny_config, write_manifest
 
 STEPS = 24

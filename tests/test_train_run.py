@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from meditok.train import Trainer, TrainConfig, TrainingDiverged, dropped_teacher_keys
-from meditok.train.checkpoint import list_checkpoints, load_checkpoint
-from meditok.train.logs import read_log
+from meditok.tokenizer.train import Trainer, TrainConfig, TrainingDiverged, dropped_teacher_keys
+from meditok.engine.checkpoints import list_checkpoints, load_checkpoint
+from meditok.engine.logs import read_log
 
 
 def write_manifest(shared: Path, out: Path, n_train: int, n_val: int) -> Path:
@@ -71,7 +71,7 @@ def tiny_config(manifest: Path, out: Path, stage: int = 1, **over) -> TrainConfi
         "deterministic": True,
     }
     cfg = TrainConfig.from_dict(base)
-    from meditok.train.config import apply_overrides
+    from meditok.tokenizer.train.config import apply_overrides
     return apply_overrides(cfg, over) if over else cfg
 
 
@@ -162,7 +162,7 @@ def test_combined_single_stage_with_unfrozen_text_encoder(shared_data, tmp_path)
                                                    "loss.gan": 0.0})
     assert cfg.teacher_kinds() == ["vision", "text"]
     trainer = Trainer(cfg)
-    from meditok.train.data import build_train_data
+    from meditok.tokenizer.train.data import build_train_data
     data = build_train_data(cfg, trainer.model.config.preprocess, 0, 1)
     batch = next(iter(data.epoch_loader(0, 0)))
     rec = trainer.generator_backward(batch)

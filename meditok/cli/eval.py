@@ -1,8 +1,10 @@
-"""``meditok eval {recon,probe,volume,efficiency,codebook}`` and ``meditok report``.
+"""``meditok tokenizer eval {recon,probe,volume,efficiency,codebook}`` (alias ``meditok eval``).
 
-A thin layer over :mod:`meditok.eval`. Every verb writes ``<name>.json`` + ``<name>.md`` into
-``--out`` (default ``runs/eval/<checkpoint name>``, shared by all verbs of one checkpoint so
-that ``meditok report runs/eval/<name>`` picks everything up).
+A thin layer over :mod:`meditok.tokenizer.bench`. Every verb writes ``<name>.json`` +
+``<name>.md`` into ``--out`` (default ``runs/eval/<checkpoint name>``, shared by all verbs of
+one checkpoint so that ``meditok report runs/eval/<name>`` picks everything up). CHECKPOINT is
+anything :func:`meditok.tokenizer.hub.load_tokenizer` takes: a directory or file, a bundled
+name (``meditok-small``) or ``preset:NAME``.
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ DEFAULT_DATA_ROOT = os.environ.get("MEDITOK_SHARED_DATA", "../shared/data")
 
 def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     if checkpoint:
-        p.add_argument("checkpoint", help="pretrained directory/file, or preset:NAME "
-                                          "(untrained, for smoke runs)")
+        p.add_argument("checkpoint", help="pretrained directory/file, a bundled name "
+                                          "(meditok-small), or preset:NAME (untrained)")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default runs/eval/<checkpoint name>)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -35,7 +37,7 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``eval`` and ``report`` verbs to the ``meditok`` parser."""
+    """Add the ``eval`` verb group (the tokenizer's benchmarks) to a parser."""
     ev = subparsers.add_parser("eval", help="benchmarks: reconstruction, probing, 3D, "
                                             "efficiency, codebook")
     sub = ev.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
@@ -92,33 +94,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tsne-points", type=int, default=512, help="per sub-codebook; 0: no t-SNE")
     p.set_defaults(func=cmd_codebook)
 
-    rp = subparsers.add_parser("report", help="one self-contained HTML page from run dirs")
-    rp.add_argument("run_dirs", nargs="+", type=Path)
-    rp.add_argument("--out", type=Path, default=Path("report.html"))
-    rp.add_argument("--title", default="MedITok evaluation report")
-    rp.set_defaults(func=cmd_report)
-
 
 # ----------------------------------------------------------------------------- handlers
 def _out(args: argparse.Namespace, label: str) -> Path:
-    from meditok.eval.common import PRESET_PREFIX
-
-    return args.out or Path("runs") / "eval" / label.replace(PRESET_PREFIX, "preset-")
+    return args.out or Path("runs") / "eval" / label
 
 
 def _model(args: argparse.Namespace):
-    from meditok.eval.common import checkpoint_label, load_model, set_seed
+    """The checkpoint string → model (one resolver for every verb), on the resolved device."""
+    from meditok.tokenizer.hub import checkpoint_label, load_tokenizer
+    from meditok.utils.device import resolve_device, seed_everything
 
-    set_seed(args.seed)
-    return load_model(args.checkpoint, args.device), checkpoint_label(args.checkpoint)
+    args.device = str(resolve_device(args.device))
+    seed_everything(args.seed)
+    return load_tokenizer(args.checkpoint, args.device), checkpoint_label(args.checkpoint)
 
 
 def _samples(args: argparse.Namespace):
+    from meditok.data.benchmarks import samples_from_manifest, samples_from_paths
     from meditok.errors import InvalidInputError
-    from meditok.eval.datasets import read_manifest, samples_from_paths
 
     if args.data:
-        samples = read_manifest(args.data, args.split)
+        samples = samples_from_manifest(args.data, args.split)
     elif args.images:
         samples = samples_from_paths(args.images, args.modality)
     else:
@@ -136,7 +133,7 @@ def _done(out: Path, name: str) -> int:
 
 
 def cmd_recon(args: argparse.Namespace) -> int:
-    from meditok.eval.reconstruction import RESULT_NAME, evaluate_reconstruction
+    from meditok.tokenizer.bench.reconstruction import RESULT_NAME, evaluate_reconstruction
 
     model, label = _model(args)
     out = _out(args, label)
@@ -148,8 +145,8 @@ def cmd_recon(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from meditok.eval.probe import ProbeConfig
-    from meditok.eval.probe_bench import RESULT_NAME, run_probe
+    from meditok.metrics.probe import ProbeConfig
+    from meditok.tokenizer.bench.probe_bench import RESULT_NAME, run_probe
 
     model, label = _model(args)
     out = _out(args, label)
@@ -163,7 +160,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_volume(args: argparse.Namespace) -> int:
-    from meditok.eval.volume import RESULT_NAME, evaluate_volumes
+    from meditok.tokenizer.bench.volume import RESULT_NAME, evaluate_volumes
 
     model, label = _model(args)
     out = _out(args, label)
@@ -175,10 +172,12 @@ def cmd_volume(args: argparse.Namespace) -> int:
 
 
 def cmd_efficiency(args: argparse.Namespace) -> int:
-    from meditok.eval.common import checkpoint_label, load_model
-    from meditok.eval.efficiency import RESULT_NAME, run_efficiency
+    from meditok.tokenizer.bench.efficiency import RESULT_NAME, run_efficiency
+    from meditok.tokenizer.hub import checkpoint_label, load_tokenizer
+    from meditok.utils.device import resolve_device
 
-    models = [(checkpoint_label(c), load_model(c, args.device)) for c in args.checkpoints]
+    args.device = str(resolve_device(args.device))
+    models = [(checkpoint_label(c), load_tokenizer(c, args.device)) for c in args.checkpoints]
     out = args.out or Path("runs") / "eval" / "efficiency"
     run_efficiency(models, settings=args.settings, device=args.device, iters=args.iters,
                    warmup=args.warmup, amp=args.amp, out_dir=out, seed=args.seed,
@@ -187,8 +186,9 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
 
 
 def cmd_codebook(args: argparse.Namespace) -> int:
-    from meditok.eval.codebook import RESULT_NAME, analyse_codebook, batches_from_samples
-    from meditok.eval.datasets import load_medmnist, uint8_to_input
+    from meditok.data.benchmarks import load_medmnist
+    from meditok.data.preprocess import uint8_to_input
+    from meditok.tokenizer.bench.codebook import RESULT_NAME, analyse_codebook, batches_from_samples
 
     model, label = _model(args)
     out = _out(args, label)
@@ -197,7 +197,7 @@ def cmd_codebook(args: argparse.Namespace) -> int:
         name, _, split = args.medmnist.partition(":")
         images = load_medmnist(args.data_root / "medmnist", name)[split or "test"].images
         images = images[: args.limit] if args.limit else images
-        source = (uint8_to_input(images[i:i + args.batch_size], pre.image_size)
+        source = (uint8_to_input(images[i:i + args.batch_size], pre)
                   for i in range(0, len(images), args.batch_size))
         total, dataset = len(images), args.medmnist
     else:
@@ -208,14 +208,6 @@ def cmd_codebook(args: argparse.Namespace) -> int:
                      tsne_points=args.tsne_points, label=label, seed=args.seed,
                      dataset=dataset, progress=not args.quiet)
     return _done(out, RESULT_NAME)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from meditok.eval.report import build_report
-
-    path = build_report(args.run_dirs, args.out, title=args.title)
-    print(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
-    return 0
 
 
 def _list(text: str) -> list[str]:

@@ -1,5 +1,6 @@
-"""Tokenizer verbs: ``demo``, ``tokenize``, ``detokenize``, ``reconstruct``, ``info``,
-``convert-official``."""
+"""Tokenizer verbs: top-level ``demo``, ``tokenize``, ``detokenize``, ``reconstruct``, ``info``,
+``convert-official``, and the ``meditok tokenizer {train,eval}`` group (with the aliases
+``meditok train`` / ``meditok eval``)."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +9,9 @@ from pathlib import Path
 
 
 def _model(args: argparse.Namespace):
-    from meditok.model import MedITok
-    from meditok.model.hub import bundled_checkpoint
-    from meditok.utils.device import resolve_device
+    from meditok.tokenizer.hub import load_tokenizer
 
-    device = resolve_device(args.device)
-    return MedITok.from_pretrained(args.checkpoint or bundled_checkpoint()).to(device).eval(), device
+    return load_tokenizer(args.checkpoint, args.device)
 
 
 def _inputs(args: argparse.Namespace) -> list[Path]:
@@ -30,7 +28,7 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from meditok.tasks.demo import run_demo
+    from meditok.tokenizer.demo import run_demo
 
     report, rows = run_demo(args.out, args.checkpoint, overwrite=args.overwrite, device=args.device)
     for row in rows:
@@ -41,30 +39,31 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _tokenize(args: argparse.Namespace) -> int:
-    from meditok.tasks.reconstruct import tokenize_files
+    from meditok.tokenizer.jobs import tokenize_files
 
-    model, device = _model(args)
-    report = tokenize_files(model, _inputs(args), args.out, args.batch_size, args.overwrite, device)
+    model = _model(args)
+    report = tokenize_files(model, _inputs(args), args.out, args.batch_size, args.overwrite,
+                            modality=args.modality)
     print(report.summary())
     print(f"tokens written to {args.out}")
     return 0
 
 
 def _detokenize(args: argparse.Namespace) -> int:
-    from meditok.tasks.reconstruct import detokenize_file
+    from meditok.tokenizer.jobs import detokenize_file
 
-    model, device = _model(args)
-    written = detokenize_file(model, args.tokens, args.out, args.batch_size, args.overwrite, device)
+    model = _model(args)
+    written = detokenize_file(model, args.tokens, args.out, args.batch_size, args.overwrite)
     print(f"{len(written)} images written to {args.out}")
     return 0
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from meditok.tasks.reconstruct import reconstruct_files
+    from meditok.tokenizer.jobs import reconstruct_files
 
-    model, device = _model(args)
+    model = _model(args)
     report, rows = reconstruct_files(model, _inputs(args), args.out, args.batch_size,
-                                     args.overwrite, device)
+                                     args.overwrite, modality=args.modality)
     if rows:
         mean_psnr = sum(r["psnr"] for r in rows) / len(rows)
         mean_ssim = sum(r["ssim"] for r in rows) / len(rows)
@@ -74,9 +73,7 @@ def _reconstruct(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from meditok.model import MedITok
-
-    model = MedITok.from_pretrained(args.checkpoint)
+    model = _model(args)
     cfg = model.config
     info = {
         "preset": cfg.preset,
@@ -94,7 +91,7 @@ def _info(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     import torch
 
-    from meditok.model.hub import convert_official
+    from meditok.tokenizer.hub import convert_official
 
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     out = convert_official(args.source, args.out, dtype=dtype)
@@ -106,8 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the tokenizer verbs to the ``meditok`` parser."""
     def common(p: argparse.ArgumentParser, batch: int = 16) -> None:
         p.add_argument("--checkpoint", "-c", default=None,
-                       help="pretrained directory (default: the bundled meditok-small)")
-        p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, auto")
+                       help="pretrained directory or bundled name (default: meditok-small)")
+        p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
         p.add_argument("--batch-size", type=int, default=batch)
         p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
@@ -117,10 +114,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(func=_demo)
 
+    def modality(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--modality", default=None,
+                       help="modality of the inputs (ct, mri, xray, ...): decides the intensity "
+                            "mapping, e.g. a 16-bit CT PNG holds HU + offset and is CT-windowed; "
+                            "default: from the file (DICOM header, meditok CT PNG tag)")
+
     p = subparsers.add_parser("tokenize", help="images (files or folders) → tokens .npz")
     p.add_argument("inputs", nargs="+", help="image files or folders (PNG/JPEG/TIFF/DICOM/NIfTI)")
     p.add_argument("--out", required=True, help="output .npz")
     common(p)
+    modality(p)
     p.set_defaults(func=_tokenize)
 
     p = subparsers.add_parser("detokenize", help="tokens .npz → PNG images")
@@ -133,10 +137,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True, help="output folder")
     common(p, batch=8)
+    modality(p)
     p.set_defaults(func=_reconstruct)
 
     p = subparsers.add_parser("info", help="describe a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="pretrained directory or bundled name (default: meditok-small)")
+    p.set_defaults(device="cpu")
     p.set_defaults(func=_info)
 
     p = subparsers.add_parser("convert-official", help="import the released meditok_simple_v1.pth")
@@ -144,3 +151,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output directory (config.json + model.safetensors)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.set_defaults(func=_convert)
+
+
+def register_family(subparsers: argparse._SubParsersAction) -> None:
+    """``meditok tokenizer train|eval``: the tokenizer family's training and benchmarks."""
+    from meditok.cli import eval as eval_cli
+    from meditok.cli import train as train_cli
+
+    p = subparsers.add_parser("tokenizer", help="train and benchmark the MedITok tokenizer")
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="VERB", required=True)
+    train_cli.register(sub)
+    eval_cli.register(sub)

@@ -2,11 +2,11 @@
 
 Examples::
 
-    meditok train configs/stage1_small.yaml --data.manifest corpus/manifest.csv
-    meditok train configs/stage2_small.yaml --model.init_from runs/stage1_small/ckpt-step00020000.pt
-    torchrun --nproc_per_node 4 -m meditok.cli.train configs/stage1_large.yaml --device cuda
+    meditok tokenizer train configs/stage1_small.yaml --data.manifest corpus/manifest.csv
+    meditok tokenizer train configs/stage2_small.yaml --model.init_from runs/stage1_small/ckpt-step00020000.pt
+    torchrun --nproc_per_node 4 -m meditok.cli tokenizer train configs/stage1_large.yaml --device cuda
 
-Any field of :class:`meditok.train.TrainConfig` can be overridden with its dotted name;
+Any field of :class:`meditok.tokenizer.train.TrainConfig` can be overridden with its dotted name;
 ``--print-config`` shows the resolved configuration and exits.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 def _train(args: argparse.Namespace) -> int:
     import yaml
 
-    from meditok.train import TrainConfig, TrainingDiverged, train
+    from meditok.tokenizer.train import TrainConfig, TrainingDiverged, train
 
     overrides = list(args.overrides or [])
     if "--print-config" in overrides:  # given after CONFIG it lands in the remainder

@@ -29,7 +29,8 @@ import numpy as np
 from meditok.data import sources as S
 from meditok.data.manifest import dedup_rows, sha256_file, write_manifest, write_rejects
 from meditok.data.quality import MEDMNIST_QC, QCConfig, check_quality, proxy_uint8
-from meditok.data.readers import MedicalImage, iter_medmnist, read_image, read_volume
+from meditok.data.benchmarks import iter_medmnist
+from meditok.data.readers import MedicalImage, read_image, read_volume
 from meditok.data.volumes import SliceConfig, iter_volume_slices, normalize_mri, save_ct_png
 from meditok.errors import ImageReadError
 from meditok.utils.io import atomic_path, atomic_write_text

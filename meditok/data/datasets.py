@@ -1,8 +1,9 @@
 """Map-style training dataset over a corpus manifest.
 
 Each item is ``{'image': [3,S,S] in [-1,1], 'caption', 'label' (-1 if none), 'modality',
-'identifier'}``. CT rows stored as 16-bit ``HU + ct_offset`` PNGs are read back in HU and
-windowed by the random CT-window augmentation (train) or the fixed ``pre.ct_window`` (eval).
+'identifier'}``. CT rows stored as 16-bit ``HU + ct_offset`` PNGs are read back in HU
+(:func:`meditok.data.preprocess.interpret`) and windowed by the random CT-window
+augmentation (train) or the fixed ``pre.ct_window`` (eval).
 
 **Bad files at training time.** A file that fails to read (``ImageReadError``) must not
 kill a long run: the dataset warns once per file, counts it in ``self.failures`` (per
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from meditok.config import PreprocessConfig
 from meditok.data.manifest import read_manifest
-from meditok.data.preprocess import scale_intensity, to_channels_first
+from meditok.data.preprocess import (PreprocessConfig, interpret, scale_intensity,
+                                     to_channels_first, to_input)
 from meditok.data.readers import MedicalImage, read_image
-from meditok.data.transforms import AugmentConfig, eval_transform, train_transform
+from meditok.data.transforms import AugmentConfig, train_transform
 from meditok.errors import ImageReadError
 
 log = logging.getLogger(__name__)
@@ -41,25 +42,20 @@ def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tu
     return 0, 1
 
 
-def as_hu_if_ct(img: MedicalImage, modality: str, ct_offset: int) -> MedicalImage:
-    """A 16-bit grey image of a CT row holds ``HU + ct_offset``: convert it to HU."""
-    if modality.lower() == "ct" and img.kind == "uint16" and img.array.ndim == 2:
-        return MedicalImage(img.array - np.float32(ct_offset), "hu", "ct", img.meta, img.path)
-    return img
-
-
-def image_to_sample_tensor(img: MedicalImage, pre: PreprocessConfig, train: bool,
-                           gen: torch.Generator | None = None,
-                           aug: AugmentConfig | None = None) -> torch.Tensor:
-    """MedicalImage → ``[3, S, S]`` with the train (random) or eval (fixed) transform."""
+def image_to_sample_tensor(img: MedicalImage, pre: PreprocessConfig, modality: str | None = None,
+                           aug: AugmentConfig | None = None,
+                           gen: torch.Generator | None = None) -> torch.Tensor:
+    """MedicalImage → ``[3, S, S]``: random transform with ``aug``, else the deterministic
+    contract (exactly :func:`meditok.data.preprocess.to_input`)."""
+    img = interpret(img, modality, pre)
+    if aug is None:
+        return to_input(img, pre)
     is_hu = img.kind == "hu"
     if is_hu:
         t = torch.from_numpy(np.ascontiguousarray(img.array, np.float32))[None]
     else:
         t = to_channels_first(scale_intensity(img, pre), img.path, pre.channel_policy)
-    if train:
-        return train_transform(t, pre.image_size, is_hu, aug, gen)
-    return eval_transform(t, pre, is_hu)
+    return train_transform(t, pre, is_hu, aug, gen)
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -75,7 +71,9 @@ class ManifestDataset(Dataset):
     Args:
         manifest: manifest file or rows with the :data:`~meditok.data.manifest.COLUMNS`.
         pre: preprocessing contract (size, CT window, CT offset).
-        train: random augmentation (seeded per item and epoch) vs. deterministic eval.
+        train: training semantics (unreadable files are skipped and counted) and, unless
+            ``augment`` is false, random augmentation seeded per item and epoch; otherwise
+            the deterministic contract of :func:`meditok.data.preprocess.to_input`.
         root: folder identifiers are relative to (default: the manifest's folder).
         split: keep only rows of this split (``None``: all).
         rank, world_size: keep only rows ``rank::world_size`` (disjoint DDP shards without a
@@ -85,7 +83,7 @@ class ManifestDataset(Dataset):
     def __init__(self, manifest: str | Path | list[dict], pre: PreprocessConfig, train: bool,
                  root: str | Path | None = None, split: str | None = None, seed: int = 0,
                  aug: AugmentConfig | None = None, rank: int | None = None,
-                 world_size: int | None = None, max_skip: int = 16):
+                 world_size: int | None = None, max_skip: int = 16, augment: bool = True):
         if isinstance(manifest, (str, Path)):
             rows = read_manifest(manifest)
             root = Path(root) if root is not None else Path(manifest).parent
@@ -97,7 +95,8 @@ class ManifestDataset(Dataset):
         if rank is not None and world_size is not None:
             rows = rows[rank::world_size]
         self.rows, self.root, self.pre, self.train = rows, root, pre, train
-        self.seed, self.aug, self.max_skip = seed, aug or AugmentConfig(), max_skip
+        self.seed, self.max_skip = seed, max_skip
+        self.aug = (aug or AugmentConfig()) if train and augment else None
         self.epoch = 0
         self.failures: dict[str, str] = {}
 
@@ -113,9 +112,8 @@ class ManifestDataset(Dataset):
         row = self.rows[index]
         path = Path(row["identifier"])
         path = path if path.is_absolute() else self.root / path
-        img = as_hu_if_ct(read_image(path), row["modality"], self.pre.ct_offset)
-        gen = item_generator(self.seed, self.epoch, index) if self.train else None
-        image = image_to_sample_tensor(img, self.pre, self.train, gen, self.aug)
+        gen = item_generator(self.seed, self.epoch, index) if self.aug is not None else None
+        image = image_to_sample_tensor(read_image(path), self.pre, row["modality"], self.aug, gen)
         label = row.get("label", -1)
         return {"image": image, "caption": str(row.get("caption", "")),
                 "label": int(label) if label not in ("", None) else -1,

@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 from typing import Iterable
 
+from meditok.errors import InvalidInputError
 from meditok.utils.io import atomic_path, atomic_write_text
 from meditok.utils.lazy import require
 
@@ -84,12 +85,17 @@ def write_rejects(rejects: list[dict], path: str | Path) -> Path:
 def read_manifest(path: str | Path) -> list[dict]:
     """Read a manifest written by :func:`write_manifest` (``.csv`` or ``.parquet``)."""
     path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: manifest not found")
     if path.suffix == ".parquet":
         pd = require("pandas", "data")
         rows = pd.read_parquet(path).to_dict("records")
     else:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
+    if rows and "identifier" not in rows[0]:
+        raise InvalidInputError(f"{path}: manifest has no 'identifier' column "
+                                f"(columns: {sorted(rows[0])})")
     for r in rows:
         r["label"] = int(r.get("label", -1) if r.get("label", "") != "" else -1)
         for c in COLUMNS:

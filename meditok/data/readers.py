@@ -2,14 +2,14 @@
 
 :func:`read_image` returns a 2D :class:`MedicalImage` (PNG/JPEG/TIFF/BMP/GIF 8/16-bit, DICOM,
 one slice of a NIfTI/NRRD volume); :func:`read_volume` returns a 3D :class:`Volume` (DICOM
-series, NIfTI, NRRD, MHA). :func:`iter_medmnist` walks a MedMNIST ``.npz``. Every failure is an
+series, NIfTI, NRRD, MHA). :func:`iter_image_files` finds image files in folders. Every failure is an
 :class:`~meditok.errors.ImageReadError` naming the file, never a decoder traceback.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class MedicalImage:
         array: float32 ``H x W`` or ``H x W x C`` holding the native values (0..255 for
             ``uint8``, 0..65535 for ``uint16``, Hounsfield units for ``hu``, anything for ``float``).
         kind: one of ``uint8``, ``uint16``, ``hu``, ``float``; decides how
-            :func:`meditok.data.preprocess.to_model_input` scales it.
+            :func:`meditok.data.preprocess.to_input` scales it.
         modality: hint such as ``ct``, ``mri``, ``xray`` or ``None`` when unknown.
         meta: spacing / orientation / source format; never patient identifiers.
         path: file it came from (for error messages).
@@ -59,8 +59,11 @@ class MedicalImage:
 class Volume:
     """A 3D image ``array[z, y, x]`` (float32) with voxel ``spacing`` (z, y, x) in mm.
 
-    ``affine`` is the 4x4 voxel-index (x, y, z) → world matrix of the source file (NIfTI:
-    RAS world, axes reoriented so x→L, y→P, z→S; DICOM/NRRD: the file's LPS world).
+    ``affine`` is the 4x4 voxel-index (x, y, z) → world matrix, in the ``world`` convention
+    (``'RAS'`` for NIfTI, whose axes are reoriented so x→L, y→P, z→S and axial slices
+    display anterior-up; ``'LPS'`` for DICOM series, NRRD in LPS space and ITK images).
+    ``source`` keeps what is needed to write results back in the file's own voxel order
+    (NIfTI: its affine, header and orientation; see :func:`meditok.data.volumes.to_nifti`).
     """
 
     array: np.ndarray
@@ -69,6 +72,8 @@ class Volume:
     modality: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    world: str = "LPS"
+    source: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -109,11 +114,18 @@ def _checked(img: MedicalImage) -> MedicalImage:
     return img
 
 
-def _from_pil(path: Path) -> tuple[np.ndarray, str]:
+#: PNG text key under which 16-bit CT PNGs record their HU offset (see
+#: :func:`meditok.data.volumes.save_ct_png`), so that every reader knows they hold HU.
+CT_OFFSET_KEY = "meditok:ct_offset"
+
+
+def _from_pil(path: Path, source: Any = None) -> tuple[np.ndarray, str, dict[str, Any]]:
+    """Decode with Pillow from ``path`` (or the file object ``source``) → (array, kind, meta)."""
     from PIL import Image, UnidentifiedImageError
 
+    meta: dict[str, Any] = {}
     try:
-        with Image.open(path) as im:
+        with Image.open(source if source is not None else path) as im:
             im.load()  # decode now so truncation surfaces here
             mode = im.mode
             if mode in ("1", "L", "RGB", "RGBA"):
@@ -128,9 +140,24 @@ def _from_pil(path: Path) -> tuple[np.ndarray, str]:
                 arr = np.asarray(im)
             else:  # CMYK, YCbCr, LAB, HSV ...
                 arr = np.asarray(im.convert("RGB"))
+            offset = im.info.get(CT_OFFSET_KEY)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(path, f"cannot decode image ({exc})") from None
-    return _native(arr, path)
+    arr, kind = _native(arr, path)
+    if offset is not None and kind == "uint16" and arr.ndim == 2:
+        try:
+            meta["ct_offset"] = int(offset)
+        except ValueError:
+            pass  # a foreign text chunk under our key: ignore it
+    return arr, kind, meta
+
+
+def decode_image_bytes(data: bytes, name: str) -> MedicalImage:
+    """A PNG/JPEG/TIFF held in memory (a WebDataset shard member) → :class:`MedicalImage`."""
+    import io
+
+    arr, kind, meta = _from_pil(Path(name), io.BytesIO(data))
+    return _checked(MedicalImage(arr, kind, None, meta, name))
 
 
 def _native(arr: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
@@ -151,7 +178,7 @@ def _from_tiff(path: Path) -> tuple[np.ndarray, str]:
     try:
         tifffile = require("tifffile", "io")
     except MissingDependencyError:
-        return _from_pil(path)
+        return _from_pil(path)[:2]
     try:
         with tifffile.TiffFile(path) as tf:
             page = tf.pages[0]
@@ -159,7 +186,7 @@ def _from_tiff(path: Path) -> tuple[np.ndarray, str]:
             planar_separate = int(getattr(page, "planarconfig", 1)) == 2
     except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error, ...
         try:
-            return _from_pil(path)
+            return _from_pil(path)[:2]
         except ImageReadError:
             raise ImageReadError(path, f"cannot decode TIFF ({type(exc).__name__}: {exc})") from None
     if arr.ndim == 3 and planar_separate:
@@ -174,7 +201,8 @@ def _from_tiff(path: Path) -> tuple[np.ndarray, str]:
 def _nifti_volume(path: Path) -> Volume:
     nib = require("nibabel", "io")
     try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
+        src = nib.load(str(path))
+        img = nib.as_closest_canonical(src)
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:
         raise ImageReadError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from None
@@ -191,8 +219,14 @@ def _nifti_volume(path: Path) -> Volume:
     flip[0, 3], flip[1, 3] = data.shape[0] - 1, data.shape[1] - 1
     affine = np.asarray(img.affine, float) @ flip
     arr = np.ascontiguousarray(data[::-1, ::-1, :].transpose(2, 1, 0))  # array[z, y, x]
+    orient = nib.orientations
+    # canonical RAS voxel order → the file's own voxel order (for writing results back)
+    back = orient.ornt_transform(orient.axcodes2ornt(("R", "A", "S")),
+                                 orient.axcodes2ornt(orient.aff2axcodes(src.affine)))
+    source = {"affine": np.asarray(src.affine, float), "header": src.header.copy(),
+              "to_source_ornt": back, "canonical_shape": tuple(int(s) for s in data.shape)}
     return Volume(arr, (zooms[2], zooms[1], zooms[0]), affine, None,
-                  {"format": "nifti", "orientation": "LPS"}, str(path))
+                  {"format": "nifti", "orientation": "LPS"}, str(path), "RAS", source)
 
 
 def _nrrd_volume(path: Path) -> Volume:
@@ -216,8 +250,11 @@ def _nrrd_volume(path: Path) -> Volume:
     if header.get("space origin") is not None:
         affine[:3, 3] = np.asarray(header["space origin"], dtype=float)
     arr = np.ascontiguousarray(np.asarray(data, dtype=np.float32).transpose(2, 1, 0))
-    meta = {"format": "nrrd", "space": str(header.get("space", ""))}
-    return Volume(arr, tuple(float(s) for s in spacing_xyz[::-1]), affine, None, meta, str(path))
+    space = str(header.get("space", ""))
+    meta = {"format": "nrrd", "space": space}
+    world = "RAS" if space.lower() in ("right-anterior-superior", "ras", "scanner-xyz") else "LPS"
+    return Volume(arr, tuple(float(s) for s in spacing_xyz[::-1]), affine, None, meta, str(path),
+                  world)
 
 
 def _itk_volume(path: Path) -> Volume:
@@ -277,15 +314,14 @@ def read_volume(path: str | Path, modality: str | None = None) -> Volume:
     return vol
 
 
-def read_image(path: str | Path, *, modality: str | None = None, ct_offset: int | None = None,
+def read_image(path: str | Path, *, modality: str | None = None,
                slice_index: int | None = None) -> MedicalImage:
-    """Read one 2D image in native units.
+    """Read one 2D image in native units (no intensity mapping: see :mod:`meditok.data.preprocess`).
 
     Args:
         path: PNG/JPEG/TIFF/BMP/GIF/WebP, DICOM (any name; detected by its preamble), or a
             NIfTI/NRRD/MHA volume (its middle axial slice, or ``slice_index``).
         modality: hint to attach (``ct`` turns a NIfTI/NRRD volume into HU values).
-        ct_offset: the image is a 16-bit "HU + offset" CT PNG/TIFF: subtract it and return HU.
         slice_index: axial slice of a volume / frame of a multi-frame DICOM.
 
     Raises:
@@ -294,67 +330,52 @@ def read_image(path: str | Path, *, modality: str | None = None, ct_offset: int 
     path = Path(path)
     _check_file(path)
     ext = _ext(path)
-    meta: dict[str, Any] = {}
-    if ext in DICOM_EXTS or (ext not in IMAGE_EXTS and is_dicom(path)):
-        arr, kind, mod, meta = read_dicom_image(path, slice_index)
-        meta["format"] = "dicom"
-        img = MedicalImage(arr, kind, modality or mod, meta, str(path))
-        return _checked(img)
-    if ext in NIFTI_EXTS + NRRD_EXTS + ITK_EXTS:
-        vol = read_volume(path, modality)
-        return vol.slice(slice_index)
-    if ext in RASTER_EXTS:
-        arr, kind = _from_pil(path)
-    elif ext in TIFF_EXTS:
-        arr, kind = _from_tiff(path)
-    elif ext == ".npz":
-        raise ImageReadError(path, "a .npz holds many images; use meditok.data.readers.iter_medmnist")
-    else:
+    if ext not in IMAGE_EXTS and is_dicom(path):
+        ext = ".dcm"
+    reader = _READERS.get(ext)
+    if reader is None:
+        if ext == ".npz":
+            raise ImageReadError(path, "a .npz holds many images; use meditok.data.benchmarks.iter_medmnist")
         raise ImageReadError(path, f"unsupported file type {ext or '(no extension, not DICOM)'}")
+    return reader(path, modality, slice_index)
+
+
+# ----------------------------------------------------------------------------- reader registry
+#: A reader turns (path, modality hint, slice/frame index) into a checked MedicalImage.
+Reader = Callable[[Path, "str | None", "int | None"], MedicalImage]
+_READERS: dict[str, Reader] = {}
+
+
+def register_reader(extensions: Sequence[str], reader: Reader) -> None:
+    """Make :func:`read_image` handle files with these (lower-case, dotted) extensions."""
+    for ext in extensions:
+        _READERS[ext.lower()] = reader
+
+
+def _read_raster(path: Path, modality: str | None, slice_index: int | None) -> MedicalImage:
+    ext = _ext(path)
+    if ext in TIFF_EXTS:
+        arr, kind = _from_tiff(path)
+        meta: dict[str, Any] = {}
+    else:
+        arr, kind, meta = _from_pil(path)
     meta["format"] = "tiff" if ext in TIFF_EXTS else ext.lstrip(".")
-    if ct_offset is not None:
-        if arr.ndim != 2 or kind != "uint16":
-            raise ImageReadError(path, f"ct_offset given but image is not a 16-bit grey image (kind {kind}, "
-                                       f"shape {arr.shape})")
-        arr = arr - np.float32(ct_offset)
-        kind, modality = "hu", modality or "ct"
-        meta["ct_offset"] = int(ct_offset)
     return _checked(MedicalImage(arr, kind, modality, meta, str(path)))
 
 
-def from_array(array: np.ndarray, kind: str | None = None, modality: str | None = None,
-               name: str = "<array>") -> MedicalImage:
-    """Wrap an in-memory array (uint8/uint16/float) as a :class:`MedicalImage`."""
-    arr, guessed = _native(np.asarray(array), Path(name))
-    return _checked(MedicalImage(arr, kind or guessed, modality, {"format": "array"}, name))
+def _read_dicom(path: Path, modality: str | None, slice_index: int | None) -> MedicalImage:
+    arr, kind, mod, meta = read_dicom_image(path, slice_index)
+    meta["format"] = "dicom"
+    return _checked(MedicalImage(arr, kind, modality or mod, meta, str(path)))
 
 
-def iter_medmnist(path: str | Path, split: str | None = None) -> Iterator[tuple[str, int, MedicalImage, int]]:
-    """Yield ``(split, index, image, label)`` from a MedMNIST ``.npz`` (keys ``{split}_images``).
+def _read_volume_slice(path: Path, modality: str | None, slice_index: int | None) -> MedicalImage:
+    return read_volume(path, modality).slice(slice_index)
 
-    ``label`` is the first label column as int (-1 when the file has no labels).
-    """
-    path = Path(path)
-    _check_file(path)
-    try:
-        data = np.load(path)
-        keys = set(data.files)
-    except Exception as exc:
-        raise ImageReadError(path, f"cannot read .npz ({type(exc).__name__}: {exc})") from None
-    splits = [split] if split else [s for s in ("train", "val", "test") if f"{s}_images" in keys]
-    if not splits or any(f"{s}_images" not in keys for s in splits):
-        raise ImageReadError(path, f"not a MedMNIST file: keys {sorted(keys)}")
-    for s in splits:
-        try:
-            images = data[f"{s}_images"]
-            labels = data[f"{s}_labels"] if f"{s}_labels" in keys else None
-        except Exception as exc:
-            raise ImageReadError(path, f"cannot read split {s} ({type(exc).__name__}: {exc})") from None
-        for i in range(len(images)):
-            label = int(np.asarray(labels[i]).reshape(-1)[0]) if labels is not None else -1
-            arr, kind = _native(images[i], path)
-            yield s, i, _checked(MedicalImage(arr, kind, None, {"format": "medmnist", "split": s},
-                                              f"{path}:{s}:{i}")), label
+
+register_reader(RASTER_EXTS + TIFF_EXTS, _read_raster)
+register_reader(DICOM_EXTS, _read_dicom)
+register_reader(NIFTI_EXTS + NRRD_EXTS + ITK_EXTS, _read_volume_slice)
 
 
 def iter_image_files(inputs: list[str | Path] | str | Path, recursive: bool = True) -> list[Path]:
@@ -383,5 +404,5 @@ def iter_image_files(inputs: list[str | Path] | str | Path, recursive: bool = Tr
     return list(found)
 
 
-__all__ = ["MedicalImage", "Volume", "read_image", "read_volume", "from_array", "iter_medmnist",
-           "iter_image_files", "IMAGE_EXTS", "KINDS"]
+__all__ = ["MedicalImage", "Volume", "read_image", "read_volume",
+           "iter_image_files", "decode_image_bytes", "register_reader", "IMAGE_EXTS", "KINDS"]

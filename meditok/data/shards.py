@@ -6,18 +6,16 @@ Each sample holds the stored image file unchanged (``png``/``jpg``...; CT stays 
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from meditok.config import PreprocessConfig
-from meditok.data.datasets import as_hu_if_ct, image_to_sample_tensor, item_generator, rank_and_world
+from meditok.data.datasets import image_to_sample_tensor, item_generator, rank_and_world
 from meditok.data.manifest import read_manifest
-from meditok.data.readers import MedicalImage, _native
+from meditok.data.preprocess import PreprocessConfig
+from meditok.data.readers import decode_image_bytes
 from meditok.data.transforms import AugmentConfig
 from meditok.errors import ImageReadError
 from meditok.utils.io import atomic_path, atomic_write_text
@@ -56,19 +54,6 @@ def write_shards(manifest: str | Path | list[dict], out_dir: str | Path, root: s
     return index
 
 
-def _decode(data: bytes, key: str) -> MedicalImage:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            arr = np.asarray(im if im.mode in ("L", "RGB", "RGBA", "I;16", "I") else im.convert("RGB"))
-    except Exception as exc:
-        raise ImageReadError(key, f"cannot decode shard image ({type(exc).__name__}: {exc})") from None
-    arr, kind = _native(arr, Path(key))
-    return MedicalImage(arr, kind, None, {}, key)
-
-
 class ShardDataset(IterableDataset):
     """Iterate samples of a shard folder, split disjointly across DDP ranks and workers.
 
@@ -79,12 +64,13 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, shard_dir: str | Path, pre: PreprocessConfig, train: bool, seed: int = 0,
                  aug: AugmentConfig | None = None, rank: int | None = None,
-                 world_size: int | None = None):
+                 world_size: int | None = None, augment: bool = True):
         self.shard_dir = Path(shard_dir)
         index = json.loads((self.shard_dir / "shards.json").read_text())
         self.urls = [str(self.shard_dir / s["name"]) for s in index["shards"]]
         self.num_samples = int(index["num_samples"])
-        self.pre, self.train, self.seed, self.aug = pre, train, seed, aug or AugmentConfig()
+        self.pre, self.train, self.seed = pre, train, seed
+        self.aug = (aug or AugmentConfig()) if train and augment else None
         self.rank, self.world_size = rank_and_world(rank, world_size)
         self.epoch = 0
         self.failures = 0
@@ -116,10 +102,10 @@ class ShardDataset(IterableDataset):
             meta = json.loads(sample["json"])
             ext = next(k for k in sample if k not in ("__key__", "__url__", "__local_path__", "json"))
             try:
-                img = as_hu_if_ct(_decode(sample[ext], meta["identifier"]), meta["modality"],
-                                  self.pre.ct_offset)
-                gen = item_generator(self.seed, self.epoch, int(sample["__key__"])) if self.train else None
-                image = image_to_sample_tensor(img, self.pre, self.train, gen, self.aug)
+                img = decode_image_bytes(sample[ext], meta["identifier"])
+                gen = (item_generator(self.seed, self.epoch, int(sample["__key__"]))
+                       if self.aug is not None else None)
+                image = image_to_sample_tensor(img, self.pre, meta["modality"], self.aug, gen)
             except ImageReadError:
                 if not self.train:
                     raise

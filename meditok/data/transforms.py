@@ -3,7 +3,9 @@
 Train: CT windowing augmentation (HU inputs only) → random resized crop (scale 0.9-1, aspect
 3/4-4/3) to ``S`` → horizontal flip (p=.5) → vertical flip (p=.5) → rotation by +90° or -90°
 (p=.5, both directions, unlike the official code whose -90° branch equals +90°) → grayscale
-(p=.1). Eval: deterministic, the fixed ``PreprocessConfig.ct_window`` and the configured resize.
+(p=.1). Without augmentation (``aug=None``: evaluation, or training with ``data.augment:
+false``) the transform is the deterministic contract of :func:`meditok.data.preprocess.to_input`:
+the fixed ``PreprocessConfig.ct_window`` and the configured resize policy.
 """
 from __future__ import annotations
 
@@ -13,8 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from meditok.config import PreprocessConfig
-from meditok.data.preprocess import resize_to_square, window_to_unit
+from meditok.data.preprocess import PreprocessConfig, resize_to_square, window
 
 #: (name, (low, high) HU, probability) — the paper's five windows; probabilities sum to 1.
 CT_WINDOWS: tuple[tuple[str, tuple[float, float], float], ...] = (
@@ -71,18 +72,22 @@ def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], ratio: t
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def to_unit(hu_or_unit: torch.Tensor, is_hu: bool, window: tuple[float, float]) -> torch.Tensor:
-    """HU → ``[-1, 1]`` through ``window``; anything else passes through."""
-    return window_to_unit(hu_or_unit, *window) if is_hu else hu_or_unit
+def train_transform(x: torch.Tensor, pre: PreprocessConfig, is_hu: bool = False,
+                    aug: AugmentConfig | None = None, gen: torch.Generator | None = None) -> torch.Tensor:
+    """One image ``[C, H, W]`` (HU when ``is_hu``, else ``[-1, 1]``) → ``[3, S, S]``.
 
-
-def train_transform(x: torch.Tensor, size: int, is_hu: bool = False, aug: AugmentConfig | None = None,
-                    gen: torch.Generator | None = None) -> torch.Tensor:
-    """Augment one image ``[C, H, W]`` (HU when ``is_hu``, else ``[-1, 1]``) → ``[3, size, size]``."""
-    aug = aug or AugmentConfig()
+    ``aug=None`` gives the deterministic contract (``pre.ct_window``, ``pre.resize``), the
+    same tensor :func:`meditok.data.preprocess.to_input` gives for that image.
+    """
+    size = pre.image_size
+    if aug is None:
+        x = window(x, *pre.ct_window) if is_hu else x
+        if x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        return resize_to_square(x.float().contiguous(), size, pre.resize)
     if is_hu:
-        window = sample_ct_window(gen)[1] if _rand(gen) < aug.p_ct_window else CT_WINDOWS[1][1]
-        x = window_to_unit(x, *window)
+        win = sample_ct_window(gen)[1] if _rand(gen) < aug.p_ct_window else tuple(pre.ct_window)
+        x = window(x, *win)
     if x.shape[0] == 1:
         x = x.expand(3, -1, -1)
     _, h, w = x.shape
@@ -101,11 +106,3 @@ def train_transform(x: torch.Tensor, size: int, is_hu: bool = False, aug: Augmen
         grey = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]  # ITU-R 601 luma
         x = grey.expand(3, -1, -1)
     return x.clamp(-1.0, 1.0).contiguous()
-
-
-def eval_transform(x: torch.Tensor, pre: PreprocessConfig, is_hu: bool = False) -> torch.Tensor:
-    """Deterministic: fixed ``pre.ct_window`` for HU, grey → RGB, ``pre.resize`` to ``pre.image_size``."""
-    x = to_unit(x, is_hu, pre.ct_window)
-    if x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    return resize_to_square(x.float(), pre.image_size, pre.resize)

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from meditok.data.readers import Volume
+from meditok.data.modalities import modality_key
+from meditok.data.readers import CT_OFFSET_KEY, Volume
 from meditok.utils.io import atomic_path
+from meditok.utils.lazy import require
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -81,6 +83,22 @@ def _plane_view(arr: np.ndarray, spacing: tuple[float, float, float], plane: str
     raise ValueError(f"unknown plane {plane!r}; choose from {PLANES}")
 
 
+def iter_planes(array: np.ndarray, spacing: tuple[float, float, float],
+                planes: tuple[str, ...] = ("axial",), step: int = 1
+                ) -> Iterator[tuple[str, int, np.ndarray, tuple[float, float]]]:
+    """The one slice iterator: ``(plane, index, 2D view in display orientation, pixel spacing)``
+    for every ``step``-th slice of ``array[z, y, x]`` along each plane."""
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    axis_of = {"axial": 0, "coronal": 1, "sagittal": 2}
+    for plane in planes:
+        if plane not in axis_of:
+            raise ValueError(f"unknown plane {plane!r}; choose from {PLANES}")
+        for idx in range(0, array.shape[axis_of[plane]], step):
+            view, sp = _plane_view(array, spacing, plane, idx)
+            yield plane, idx, view, sp
+
+
 def resample_isotropic(img: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
     """Bilinear resample so that both pixel spacings equal the finer one."""
     target = min(spacing)
@@ -136,44 +154,50 @@ def iter_volume_slices(vol: Volume, cfg: SliceConfig | None = None,
     (percentile normalisation), which is what the paper does for its MRI volumes.
     """
     cfg = cfg or SliceConfig()
-    is_ct = (modality or vol.modality) == "ct"
+    is_ct = modality_key(modality or vol.modality) == "ct"
     if is_ct:
         data = np.clip(vol.array, *cfg.ct_clip).astype(np.float32)
     else:
         data = normalize_mri(vol.array, cfg.mri_percentiles)
-    axis_of = {"axial": 0, "coronal": 1, "sagittal": 2}
-    for plane in cfg.planes:
-        n = data.shape[axis_of[plane]]
-        for idx in range(0, n, cfg.step):
-            raw, sp = _plane_view(data, vol.spacing, plane, idx)
-            reason, stats = (ct_slice_verdict if is_ct else mri_slice_verdict)(raw, cfg)
-            img = raw
-            if reason is None:
-                img = resample_isotropic(raw, sp) if cfg.isotropic else np.ascontiguousarray(raw)
-                if is_ct:
-                    img = np.rint(img)  # HU are integers: keeps the 16-bit PNG round trip exact
-                if min(img.shape) < cfg.min_side:
-                    reason = "too_small"
-            yield VolumeSlice(plane, idx, img, reason is None, reason, stats)
+    for plane, idx, raw, sp in iter_planes(data, vol.spacing, cfg.planes, cfg.step):
+        reason, stats = (ct_slice_verdict if is_ct else mri_slice_verdict)(raw, cfg)
+        img = raw
+        if reason is None:
+            img = resample_isotropic(raw, sp) if cfg.isotropic else np.ascontiguousarray(raw)
+            if is_ct:
+                img = np.rint(img)  # HU are integers: keeps the 16-bit PNG round trip exact
+            if min(img.shape) < cfg.min_side:
+                reason = "too_small"
+        yield VolumeSlice(plane, idx, img, reason is None, reason, stats)
 
 
 # ------------------------------------------------------------------ CT PNG storage
 def save_ct_png(path: str | Path, hu: np.ndarray, offset: int = 1024) -> None:
-    """Write HU as a 16-bit grey PNG holding ``HU + offset`` (atomic; exact for integer HU)."""
-    from PIL import Image
+    """Write HU as a 16-bit grey PNG holding ``HU + offset`` (atomic; exact for integer HU).
+
+    The offset is recorded in the PNG itself (text chunk ``meditok:ct_offset``), so every
+    reader — CLI, training, evaluation — knows the file holds HU without being told.
+    """
+    from PIL import Image, PngImagePlugin
 
     stored = np.rint(np.asarray(hu, dtype=np.float64)) + offset
     if stored.min() < 0 or stored.max() > 32767:
         raise ValueError(f"HU range {hu.min()}..{hu.max()} does not fit a 16-bit PNG with offset {offset}")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(CT_OFFSET_KEY, str(int(offset)))
     with atomic_path(path) as tmp:
-        Image.fromarray(stored.astype(np.uint16)).save(tmp, format="PNG")
+        Image.fromarray(stored.astype(np.uint16)).save(tmp, format="PNG", pnginfo=info)
 
 
 def read_ct_png(path: str | Path, offset: int = 1024) -> np.ndarray:
-    """Inverse of :func:`save_ct_png`: float32 HU array."""
+    """Inverse of :func:`save_ct_png`: float32 HU array (the offset recorded in the file wins)."""
+    from meditok.data.preprocess import PreprocessConfig, interpret
     from meditok.data.readers import read_image
 
-    return read_image(path, ct_offset=offset).array
+    img = interpret(read_image(path), "ct", PreprocessConfig(ct_offset=offset))
+    if img.kind != "hu":
+        raise ValueError(f"{path}: not a 16-bit grey CT PNG (kind {img.kind})")
+    return img.array
 
 
 def save_unit_png(path: str | Path, x: np.ndarray) -> None:
@@ -195,7 +219,7 @@ def slice_volume(vol: Volume, out_dir: str | Path, stem: str, cfg: SliceConfig |
     """
     cfg = cfg or SliceConfig()
     out_dir = Path(out_dir)
-    is_ct = (modality or vol.modality) == "ct"
+    is_ct = modality_key(modality or vol.modality) == "ct"
     kept, rejected = [], []
     for s in iter_volume_slices(vol, cfg, modality):
         row = {"plane": s.plane, "index": s.index, **{k: round(v, 4) for k, v in s.stats.items()}}
@@ -208,3 +232,57 @@ def slice_volume(vol: Volume, out_dir: str | Path, stem: str, cfg: SliceConfig |
         kept.append({**row, "path": str(path), "height": int(s.array.shape[0]),
                      "width": int(s.array.shape[1])})
     return kept, rejected
+
+
+# ------------------------------------------------------------------ volumes as volumes
+def guess_modality(vol: Volume) -> str:
+    """``ct`` when the volume holds HU (air near -1000), else ``mri``; the header wins when known."""
+    known = modality_key(vol.modality)
+    if known:
+        return known
+    return "ct" if float(vol.array.min()) < -500.0 else "mri"
+
+
+def volume_window(vol: Volume, modality: str, pre) -> tuple[float, float]:
+    """Native intensity window of a whole volume: CT → ``pre.ct_window`` (HU), otherwise the
+    ``pre.mri_percentiles`` of all voxels (one window for every slice, so slices stay
+    comparable)."""
+    from meditok.data.preprocess import percentile_window
+
+    if modality_key(modality) == "ct":
+        return float(pre.ct_window[0]), float(pre.ct_window[1])
+    lo, hi = percentile_window(vol.array, pre.mri_percentiles)
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def nifti_affine(vol: Volume) -> np.ndarray:
+    """The volume's voxel (x, y, z) → RAS world matrix (NIfTI's convention)."""
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return np.asarray(vol.affine, float) if vol.world == "RAS" else lps_to_ras @ np.asarray(vol.affine, float)
+
+
+def to_nifti(vol: Volume, array_zyx: np.ndarray, dtype: np.dtype | type | None = None):
+    """A nibabel NIfTI image of ``array_zyx`` (same grid as ``vol.array``) in the volume's geometry.
+
+    A volume read from NIfTI is written back in the file's own voxel order, affine and header
+    (so the output overlays the input voxel for voxel); others get their RAS affine.
+    """
+    nib = require("nibabel", "io")
+    arr = np.asarray(array_zyx)
+    if arr.shape != vol.array.shape:
+        raise ValueError(f"array shape {arr.shape} does not match the volume {vol.array.shape}")
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    src = vol.source
+    if src is not None and "to_source_ornt" in src:
+        canonical = arr.transpose(2, 1, 0)[::-1, ::-1, :]
+        data = np.ascontiguousarray(nib.orientations.apply_orientation(canonical, src["to_source_ornt"]))
+        header = src["header"].copy()
+        header.set_data_dtype(data.dtype)
+        header.set_slope_inter(None, None)
+        return nib.Nifti1Image(data, src["affine"], header=header)
+    affine = nifti_affine(vol)
+    img = nib.Nifti1Image(np.ascontiguousarray(arr.transpose(2, 1, 0)), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -36,10 +37,17 @@ def adaptive_gan_weight(
     layer weight. It balances the two gradients where they meet the image, so the GAN term can
     neither swamp nor vanish against the reconstruction term. Both graphs are kept
     (``retain_graph=True``) because the caller back-propagates the total loss afterwards.
+    Under DDP both gradients are averaged over the ranks before taking their norms, so every
+    rank uses one weight and a multi-process run matches a single process on the
+    concatenated batch.
     """
-    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    ratio = nll_grad.float().norm() / (g_grad.float().norm() + eps)
+    nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0].float()
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0].float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for grad in (nll_grad, g_grad):
+            dist.all_reduce(grad)
+            grad.div_(dist.get_world_size())
+    ratio = nll_grad.norm() / (g_grad.norm() + eps)
     return (base * ratio.clamp(clamp[0], clamp[1])).detach()
 
 
@@ -70,6 +78,12 @@ def bcr_loss(
     image and its augmented copy, in both the real and the fake branch, so that D cannot key
     on augmentation artefacts. ``fake`` must already be detached by the caller.
     """
-    aug_real = discriminator(augment(real))
-    aug_fake = discriminator(augment(fake))
-    return weight * (F.mse_loss(aug_real, logits_real) + F.mse_loss(aug_fake, logits_fake))
+    return bcr_penalty(discriminator(augment(real)), logits_real, discriminator(augment(fake)),
+                       logits_fake, weight)
+
+
+def bcr_penalty(aug_logits_real: torch.Tensor, logits_real: torch.Tensor,
+                aug_logits_fake: torch.Tensor, logits_fake: torch.Tensor,
+                weight: float = 4.0) -> torch.Tensor:
+    """The BCR term from logits already computed (one stacked D forward in the trainer)."""
+    return weight * (F.mse_loss(aug_logits_real, logits_real) + F.mse_loss(aug_logits_fake, logits_fake))

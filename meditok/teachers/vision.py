@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from meditok.errors import CheckpointError
 from meditok.teachers.base import Teacher
-from meditok.teachers.efficientnet import load_efficientnet_lite0
-from meditok.teachers.vit import TIMM_VIT_B16, ViTSpec, VisionTransformer, load_vit_state, read_state_dict
+from meditok.backbones.efficientnet import load_efficientnet_lite0
+from meditok.backbones.vit import TIMM_VIT_B16, ViTSpec, VisionTransformer, load_vit_state, read_state_dict
 
 OPEN_CLIP_WEIGHT_FILES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors",
                           "open_clip_pytorch_model.safetensors")
