@@ -18,6 +18,7 @@ import sys
 REGISTRARS = (
     ("meditok.cli.tokenizer", "register"),
     ("meditok.cli.data", "register"),
+    ("meditok.cli.export", "register"),
     ("meditok.cli.tokenizer", "register_family"),
     ("meditok.synthesis.cli", "register"),
     ("meditok.vqa.cli", "register"),

@@ -1,0 +1,86 @@
+"""The shared training loop: it learns, resumes exactly, refuses foreign checkpoints and stops
+on a non-finite loss without writing over the last good checkpoint."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from meditok.engine.checkpoints import latest_checkpoint, list_checkpoints
+from meditok.engine.logs import read_log
+from meditok.engine.loop import Loop, LoopConfig, TrainingDiverged
+from meditok.errors import CheckpointError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _data(n: int = 64) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, generator=g)
+    w = torch.randn(8, 1, generator=g)
+    return TensorDataset(x, x @ w + 0.01 * torch.randn(n, 1, generator=g))
+
+
+def _mse(model, batch):
+    x, y = batch
+    loss = nn.functional.mse_loss(model(x), y)
+    return loss, {"mse": float(loss.detach())}
+
+
+def _loop(tmp, steps, loss_fn=_mse, **kw):
+    torch.manual_seed(1)
+    cfg = LoopConfig(steps=steps, batch_size=8, lr=1e-1, warmup_steps=2, ckpt_every=5,
+                     log_every=1, output_dir=str(tmp), progress=False, device="cpu", **kw)
+    return Loop(nn.Linear(8, 1), loss_fn, _data(), cfg, fmt="test-v1")
+
+
+def test_loop_learns_and_logs(tmp_path):
+    loop = _loop(tmp_path / "a", 40)
+    result = loop.fit()
+    log = read_log(tmp_path / "a" / "train_log.jsonl")
+    assert result["step"] == 40 and len(log) == 40
+    assert log[-1]["mse"] < 0.1 * log[0]["mse"]
+    assert log[0]["lr"] < log[5]["lr"]  # warm-up
+    assert [p.name for p in list_checkpoints(tmp_path / "a")] == ["ckpt-step00000035.pt",
+                                                                 "ckpt-step00000040.pt"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    full = _loop(tmp_path / "full", 17)
+    full.fit()
+    calls = []
+
+    def killed_at_step_12(model, batch):  # dies between the step-10 checkpoint and the next
+        calls.append(1)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return _mse(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        _loop(tmp_path / "part", 17, killed_at_step_12).fit()
+    resumed = _loop(tmp_path / "part", 17)
+    resumed.fit()
+    assert resumed.resumed_from == tmp_path / "part" / "ckpt-step00000010.pt"
+    for a, b in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    steps = [r["step"] for r in read_log(tmp_path / "part" / "train_log.jsonl")]
+    assert steps == list(range(1, 18))  # no duplicated or missing records
+
+
+def test_foreign_checkpoint_and_nan_stop(tmp_path):
+    _loop(tmp_path, 5).fit()
+    other = _loop(tmp_path, 10)
+    other.fmt = "another-family-v1"
+    with pytest.raises(CheckpointError, match="not a another-family-v1"):
+        other.fit()
+
+    def boom(model, batch):
+        loss, logs = _mse(model, batch)
+        return loss * float("nan"), logs
+
+    cfg = LoopConfig(steps=3, batch_size=8, output_dir=str(tmp_path / "nan"), progress=False,
+                     device="cpu")
+    with pytest.raises(TrainingDiverged, match="non-finite loss at step 1"):
+        Loop(nn.Linear(8, 1), boom, _data(), cfg, fmt="test-v1").fit()
+    assert latest_checkpoint(tmp_path / "nan") is None
