@@ -2,6 +2,7 @@
 
     python scripts/bundle_small.py runs/stage2_small/final meditok/weights/meditok-small \
         [--metrics runs/eval/stage2/metrics_summary.json]
+    python scripts/bundle_small.py runs/stage1_small/final meditok/weights/meditok-small-s1 --stage1
 
 Writes config.json (architecture + preprocessing contract + ``meta``: both stages' exact
 commands, the deviations from the paper's recipe, and the measured metrics when given),
@@ -31,9 +32,27 @@ def main() -> None:
     ap.add_argument("run_final", help="final/ directory of the stage-2 run")
     ap.add_argument("out", help="destination directory (replaced)")
     ap.add_argument("--metrics", help="JSON file of measured metrics to embed in the config")
+    ap.add_argument("--stage1", action="store_true",
+                    help="bundle a stage-1-only run (the MedITok-S1 comparison model)")
     args = ap.parse_args()
     model = MedITok.from_pretrained(args.run_final)
     meta = model.config.meta
+    if args.stage1:
+        stage1 = meta.pop("training", {})
+        meta.clear()
+        meta.update({
+            "name": "meditok-small-s1",
+            "trained": True,
+            "recipe": "stage 1 only (vision alignment λ=0.1): the paper's MedITok-S1 comparison; "
+                      "the exact parent of meditok-small's stage 2",
+            "deviations": DEVIATIONS,
+            "reproduce": "bash scripts/train_small.sh (its first training command)",
+            "stage1_command": stage1.get("command"),
+            "stage1_final_val": stage1.get("final_val"),
+            "torch": stage1.get("torch"),
+        })
+        _write(model, args)
+        return
     stage2 = meta.pop("training", {})
     stage1_cfg = Path(stage2.get("init_from", "")) / "config.json"
     stage1 = json.loads(stage1_cfg.read_text())["meta"].get("training", {}) if stage1_cfg.exists() else {}
@@ -50,8 +69,12 @@ def main() -> None:
         "stage2_final_val": stage2.get("final_val"),
         "torch": stage2.get("torch"),
     })
+    _write(model, args)
+
+
+def _write(model: MedITok, args: argparse.Namespace) -> None:
     if args.metrics:
-        meta["metrics"] = json.loads(Path(args.metrics).read_text())
+        model.config.meta["metrics"] = json.loads(Path(args.metrics).read_text())
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
