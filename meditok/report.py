@@ -1,10 +1,13 @@
 """One self-contained HTML page from one or more evaluation run directories.
 
-Reads the ``*.json`` results written by the evaluation commands (``recon``, ``probe``,
-``volume``, ``efficiency``, ``codebook``), the PNGs they reference and an optional
+Reads the ``*.json`` results written by the tokenizer's evaluation commands (``recon``,
+``probe``, ``volume``, ``efficiency``, ``codebook``), the PNGs they reference and an optional
 ``train_log.jsonl`` (one JSON object per line with ``step`` and ``loss_*`` keys). Several run
 directories are compared side by side: tables get one row per run, figures one column per run.
-Every image is embedded as base64, so the page can be mailed or archived as one file.
+Results of any other benchmark written with :func:`meditok.utils.results.write_results`
+(``<name>.json`` + ``<name>.md``: the task families' synthesis / VQA / in-context tables) are
+shown with their markdown tables and every PNG their JSON names. Every image is embedded as
+base64, so the page can be mailed or archived as one file.
 """
 from __future__ import annotations
 
@@ -51,6 +54,15 @@ class Run:
                 self.results[kind] = (hits[0].parent, json.loads(hits[0].read_text("utf-8")))
         logs = sorted(self.dir.glob(TRAIN_LOG)) + sorted(self.dir.glob(f"*/{TRAIN_LOG}"))
         self.train_log = logs[0] if logs else None
+        # any other write_results() pair (<name>.json + <name>.md): the task families' tables
+        self.others: list[tuple[Path, dict[str, Any]]] = []
+        for hit in sorted(self.dir.glob("*.json")) + sorted(self.dir.glob("*/*.json")):
+            if hit.stem in KINDS or not hit.with_suffix(".md").is_file():
+                continue
+            try:
+                self.others.append((hit, json.loads(hit.read_text("utf-8"))))
+            except (OSError, ValueError):
+                continue
 
     def get(self, kind: str) -> dict[str, Any] | None:
         return self.results[kind][1] if kind in self.results else None
@@ -94,7 +106,7 @@ def _recon_section(runs: Sequence[Run]) -> str:
     header = ["Metric", "Run", "f_d"] + [PAPER_MODALITY_LABELS.get(m, m) for m in mods] \
         + ["Avg.", "All"]
     rows = []
-    for key, name in (("rfid", "rFID ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM % ↑"),
+    for key, name in (("rfid", "rFID ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"),
                       ("n", "N images")):
         for run, res in have:
             rows.append([name, run.label, res.get("downsample")]
@@ -151,7 +163,7 @@ def _volume_section(runs: Sequence[Run]) -> str:
     rows = [[Path(v["volume"]).name, run.label, v["modality"], v["slices"], v["psnr"], v["ssim"],
              v.get("rfid")] for run, res in have for v in res["volumes"]]
     out = "<h2>3D volumes by slices (Table S2 layout)</h2>"
-    out += _table(["Volume", "Run", "Modality", "Slices", "PSNR ↑", "SSIM % ↑", "rFID ↓"], rows)
+    out += _table(["Volume", "Run", "Modality", "Slices", "PSNR ↑", "SSIM ↑", "rFID ↓"], rows)
     return out + "".join(_note(f"{k}: {v}") for k, v in have[0][1]["conventions"].items())
 
 
@@ -230,20 +242,71 @@ def _training_section(runs: Sequence[Run]) -> str:
     return "<h2>Training curves</h2>" + _side_by_side(blocks) if blocks else ""
 
 
+def _png_names(obj: Any) -> list[str]:
+    """Every ``*.png`` file name mentioned in a result JSON (figures, grids, panels)."""
+    if isinstance(obj, str):
+        return [obj] if obj.lower().endswith(".png") else []
+    if isinstance(obj, dict):
+        return [n for v in obj.values() for n in _png_names(v)]
+    if isinstance(obj, list):
+        return [n for v in obj for n in _png_names(v)]
+    return []
+
+
+def _markdown_html(text: str) -> str:
+    """The subset of markdown the result files use: headings, tables, bullets, paragraphs."""
+    out, table = [], []
+
+    def flush() -> None:
+        if table:
+            rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in table
+                    if not set(r.replace("|", "").strip()) <= set("-: ")]
+            out.append(_table(rows[0], rows[1:]) if rows else "")
+            table.clear()
+
+    for line in text.splitlines():
+        if line.lstrip().startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 2, 6)
+            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.lstrip().startswith(("* ", "- ")):
+            out.append(f"<p class=\"note\">• {html.escape(line.lstrip()[2:])}</p>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "".join(out)
+
+
+def _other_section(runs: Sequence[Run]) -> str:
+    blocks = []
+    for run in runs:
+        for path, data in run.others:
+            body = _markdown_html(path.with_suffix(".md").read_text("utf-8"))
+            images = [_img_tag((path.parent / n).read_bytes(), n) for n in dict.fromkeys(_png_names(data))
+                      if (path.parent / n).is_file()]
+            blocks.append((f"{run.label}: {path.relative_to(run.dir)}", body + "".join(images)))
+    return "<h2>Task-family results</h2>" + _side_by_side(blocks) if blocks else ""
+
+
 def build_report(run_dirs: Sequence[str | Path], out: str | Path,
                  title: str = "MedITok evaluation report") -> Path:
     """Write the HTML report for ``run_dirs`` to ``out``; returns its path."""
     if not run_dirs:
         raise InvalidInputError("no run directories given")
     runs = [Run(d) for d in run_dirs]
-    if not any(r.results or r.train_log for r in runs):
+    if not any(r.results or r.train_log or r.others for r in runs):
         raise InvalidInputError("no evaluation results (recon/probe/volume/efficiency/codebook "
                                 f".json) or {TRAIN_LOG} found in: "
                                 + ", ".join(str(r.dir) for r in runs))
     sections = [_recon_section(runs), _probe_section(runs), _volume_section(runs),
-                _efficiency_section(runs), _codebook_section(runs), _training_section(runs)]
+                _efficiency_section(runs), _codebook_section(runs), _other_section(runs),
+                _training_section(runs)]
     runs_list = "".join(f"<li><code>{html.escape(str(r.dir))}</code>: "
-                        f"{html.escape(', '.join(r.results) or 'no results')}</li>" for r in runs)
+                        f"{html.escape(', '.join(list(r.results) + [p.stem for p, _ in r.others]) or 'no results')}</li>"
+                        for r in runs)
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><ul>{runs_list}</ul>"

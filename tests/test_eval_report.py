@@ -157,3 +157,23 @@ def test_render_report_script_skips_or_renders(tmp_path, capsys):
 
 def test_report_rejects_empty_run_dir(tmp_path):
     assert _run(["report", str(tmp_path), "--out", str(tmp_path / "r.html")]) == 1
+
+
+def test_task_family_results_are_shown_with_their_tables_and_figures(tmp_path):
+    """Any write_results() pair (json + md) of a task family lands in the report, with its PNGs."""
+    from PIL import Image
+
+    from meditok.report import build_report
+    from meditok.utils.results import write_results
+
+    run = tmp_path / "synth"
+    run.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(run / "grid_xray.png")
+    write_results(run, "synthesis", {"grids": {"xray": "grid_xray.png"}, "missing": "nope.png"},
+                  "# Synthesis\n\n| model | gFID |\n|---|---|\n| two-stage | 71.25 |\n")
+    page = build_report([run], tmp_path / "r.html").read_text(encoding="utf-8")
+    collector = _Collector()
+    collector.feed(page)
+    assert "71.25" in page and "Task-family results" in page
+    assert sum(1 for src in collector.images if src.startswith("data:image/png;base64,")) == 1
