@@ -161,6 +161,7 @@ def test_report_rejects_empty_run_dir(tmp_path):
 
 def test_task_family_results_are_shown_with_their_tables_and_figures(tmp_path):
     """Any write_results() pair (json + md) of a task family lands in the report, with its PNGs."""
+    import numpy as np
     from PIL import Image
 
     from meditok.report import build_report
