@@ -37,7 +37,9 @@ def inputs(tmp_path, shared_data):
 
 def test_tokenize_skips_bad_files_and_round_trips(tiny_ckpt, inputs, tmp_path, capsys):
     out = tmp_path / "tokens.npz"
-    assert main(["tokenize", str(inputs), "--out", str(out), "-c", str(tiny_ckpt), "--batch-size", "2"]) == 0
+    # at the checkpoint's own size, so the stored tokens can be compared with the library's
+    assert main(["tokenize", str(inputs), "--out", str(out), "-c", str(tiny_ckpt), "--batch-size", "2",
+                 "--size", "32", "--resize", "squash"]) == 0
     printed = capsys.readouterr().out
     assert "3 processed, 2 skipped" in printed
     assert "truncated.png" in printed and "empty.png" in printed
@@ -45,9 +47,10 @@ def test_tokenize_skips_bad_files_and_round_trips(tiny_ckpt, inputs, tmp_path, c
     assert tokens.shape == (3, 4, 4, 4) and len(names) == 3
     # the stored tokens are exactly what the library gives for the same file
     model = MedITok.from_pretrained(tiny_ckpt)
-    isic = next(n for n in names if n.endswith("ISIC_0000001.jpg"))
-    x = load_image(isic, model.config.preprocess).unsqueeze(0)
-    assert torch.equal(tokens[names.index(isic)], model.tokenize(x)[0])
+    assert sorted(names) == ["ISIC_0000000.jpg", "ISIC_0000001.jpg", "slice.dcm"]  # relative names
+    isic = names.index("ISIC_0000001.jpg")
+    x = load_image(inputs / "ISIC_0000001.jpg", model.config.preprocess).unsqueeze(0)
+    assert torch.equal(tokens[isic], model.tokenize(x)[0])
 
     dec = tmp_path / "decoded"
     assert main(["detokenize", str(out), "--out", str(dec), "-c", str(tiny_ckpt)]) == 0
@@ -73,7 +76,9 @@ def test_reconstruct_writes_panels_and_metrics(tiny_ckpt, inputs, tmp_path, caps
     assert len(rows) == 3
     for row in rows:
         panel = Image.open(out / row["output"])
-        assert panel.size == (32 * 3, 32)  # input | reconstruction | error
+        # default policy: longer side 256 (250² ISIC and 512² CT both → 256², grid 32x32)
+        assert panel.size == (256 * 3, 256) and row["model_size"] == "256x256"  # in | rec | err
+        assert row["grid"] == "32x32"
         assert 0 < float(row["psnr"]) < 100 and -1 <= float(row["ssim"]) <= 1
     assert "2 skipped" in capsys.readouterr().out
 

@@ -143,7 +143,11 @@ def test_corpus_privacy_rejects_and_resume(shared_data, tmp_path, caplog):
     summary = build_corpus(None, out, workers=1, extra=[extra], progress=False)
     assert summary["images"] == 1  # the CT slice; the jpg has no known modality in a folder
     rejects = (out / "rejects.csv").read_text()
-    assert "broken.dcm" in rejects and "empty.png" in rejects and "unreadable" in rejects
+    # user files are named by content hash in the curated outputs; their paths stay local
+    assert "broken.dcm" not in rejects and "empty.png" not in rejects and str(extra) not in rejects
+    assert rejects.count("sha256:") == 3 and "unreadable" in rejects
+    local = (out / "_local" / "sources.csv").read_text()
+    assert "broken.dcm" in local and "empty.png" in local
     # no trace of the patient anywhere: file contents, file names, logs
     for f in out.rglob("*"):
         assert secret.split("^")[0] not in f.name

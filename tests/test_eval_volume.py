@@ -44,7 +44,7 @@ def test_nifti_round_trip_keeps_affine_and_header(shared_data, tmp_path, tiny):
     assert data.dtype == np.int16 and lo <= data.min() and data.max() <= hi
     row = res["volumes"][0]
     assert row["modality"] == "ct" and row["slices"] == 112
-    assert np.isfinite(row["psnr"]) and 0 < row["ssim"] < 100
+    assert np.isfinite(row["psnr"]) and 0 < row["ssim"] <= 1  # SSIM in 0-1 units everywhere
     feats = torch.load(tmp_path / row["features"]["file"], weights_only=True)
     assert feats.shape == (tiny.config.model.width,)
 

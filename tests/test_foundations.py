@@ -71,9 +71,12 @@ def test_ct_png_gets_the_same_input_in_cli_training_and_evaluation(shared_data, 
     assert torch.equal(x[0], want) and torch.equal(x[1], want)
 
     # the CLI: the tagged corpus PNG needs no flag; a plain one is told with --modality
+    # (at the checkpoint's own size: the verbs' default resolution is a separate policy)
     out_a, out_b = tmp_path / "a.npz", tmp_path / "b.npz"
-    assert main(["tokenize", str(tagged), "--out", str(out_a), "-c", str(ckpt)]) == 0
-    assert main(["tokenize", str(plain), "--out", str(out_b), "-c", str(ckpt), "--modality", "ct"]) == 0
+    native = ["--size", str(pre.image_size), "--resize", "squash"]
+    assert main(["tokenize", str(tagged), "--out", str(out_a), "-c", str(ckpt), *native]) == 0
+    assert main(["tokenize", str(plain), "--out", str(out_b), "-c", str(ckpt), "--modality", "ct",
+                 *native]) == 0
     capsys.readouterr()
     expected = MedITok.from_pretrained(ckpt).tokenize(want[None])
     for out in (out_a, out_b):
@@ -169,7 +172,7 @@ def test_validation_and_evaluation_report_the_same_numbers(shared_data, tmp_path
     samples = samples_from_manifest(manifest)
     ev = evaluate_reconstruction(model, samples, batch_size=4, compute_fid=False, progress=False)
     assert ev["all"]["psnr"] == pytest.approx(val["val_psnr"], abs=1e-4)
-    assert ev["all"]["ssim"] == pytest.approx(100 * val["val_ssim"], abs=1e-3)  # eval tables: %
+    assert ev["all"]["ssim"] == pytest.approx(val["val_ssim"], abs=1e-5)  # one unit (0-1) everywhere
     usage = codebook_usage(model, (b["image"] for b in batches), progress=False).summary()
     assert usage["usage_percent"] == pytest.approx(val["val_usage"])
     assert usage["mean_perplexity"] == pytest.approx(val["val_perplexity_mean"])

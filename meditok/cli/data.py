@@ -11,16 +11,19 @@ def _build_corpus(args: argparse.Namespace) -> int:
     from meditok.data.corpus import build_corpus, summary_markdown
 
     summary = build_corpus(args.shared, args.out, workers=args.workers, sources=args.sources,
-                           extra=args.extra, force=args.force, progress=not args.quiet)
+                           extra=args.extra, force=args.force, progress=not args.quiet,
+                           extra_csv=args.extra_csv)
     print(summary_markdown(summary))
     return 0
 
 
 def _shard(args: argparse.Namespace) -> int:
     from meditok.data.shards import write_shards
+    from meditok.utils.lock import output_lock
 
-    index = write_shards(args.manifest, args.out, root=args.root, samples_per_shard=args.per_shard,
-                         split=args.split)
+    with output_lock(args.out):
+        index = write_shards(args.manifest, args.out, root=args.root,
+                             samples_per_shard=args.per_shard, split=args.split)
     print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out}")
     return 0
 
@@ -38,6 +41,8 @@ def _qc(args: argparse.Namespace) -> int:
             verdict = "ok" if res.passed else "reject:" + ",".join(res.reasons)
         except ImageReadError as exc:
             verdict = f"unreadable: {exc.reason}"
+        except Exception as exc:  # noqa: BLE001 - one odd file is reported, the others go on
+            verdict = f"unreadable: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         bad += verdict != "ok"
         print(f"{verdict}\t{f}")
     print(f"{bad} rejected", file=sys.stderr)
@@ -45,14 +50,24 @@ def _qc(args: argparse.Namespace) -> int:
 
 
 def _slice(args: argparse.Namespace) -> int:
+    from meditok.data.inputs import InputItem, write_local_map
     from meditok.data.readers import read_volume
     from meditok.data.volumes import SliceConfig, slice_volume
+    from meditok.utils.lock import output_lock
 
-    vol = read_volume(args.volume, modality=args.modality)
+    src = Path(args.volume)
+    vol = read_volume(src, modality=args.modality)
     cfg = SliceConfig(step=args.step, planes=tuple(args.planes))
-    stem = args.stem or Path(args.volume).name.split(".")[0]
-    kept, rejected = slice_volume(vol, args.out, stem, cfg, modality=args.modality)
-    print(json.dumps({"kept": len(kept), "rejected": len(rejected)}))
+    # Series folders and scan files are often named after the patient: outputs are named by
+    # content hash unless a stem is given; the hash → path map stays in OUT/_local/.
+    item = InputItem(src, src.name, "series" if src.is_dir() else "volume",
+                     tuple(sorted(f for f in src.iterdir() if f.is_file())) if src.is_dir() else ())
+    stem = args.stem or item.content_id()
+    with output_lock(args.out):
+        kept, rejected = slice_volume(vol, args.out, stem, cfg, modality=args.modality)
+        if not args.stem:
+            write_local_map(Path(args.out) / "_local" / "sources.csv", [item], [stem])
+    print(json.dumps({"kept": len(kept), "rejected": len(rejected), "stem": stem}))
     return 0
 
 
@@ -67,7 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--sources", nargs="*", default=None,
                    help="subset of: medmnist isic vqa_rad fundus sam_med2d volumes package_samples")
-    b.add_argument("--extra", nargs="*", default=None, help="more files/folders to include")
+    b.add_argument("--extra", nargs="*", default=None, metavar="PATH[=MODALITY]",
+                   help="more files/folders to include; FOLDER=MODALITY (e.g. scans/us=ultrasound) "
+                        "sets the modality of its files, else the DICOM header decides")
+    b.add_argument("--extra-csv", default=None, metavar="CSV",
+                   help="user files with their modality: columns path, modality[, caption, label]")
     b.add_argument("--force", action="store_true", help="redo finished jobs")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(func=_build_corpus)
@@ -91,6 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("--modality", choices=["ct", "mri"], default=None)
     v.add_argument("--step", type=int, default=5)
     v.add_argument("--planes", nargs="+", default=["axial", "coronal", "sagittal"])
-    v.add_argument("--stem", default=None, help="output name prefix (default: file name)")
+    v.add_argument("--stem", default=None,
+                   help="output name prefix (default: a content hash; the hash → path map is "
+                        "written to OUT/_local/sources.csv, which stays on this machine)")
     v.set_defaults(func=_slice)
     return p

@@ -25,6 +25,8 @@ def _common(p: argparse.ArgumentParser, checkpoint: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --out")
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -96,8 +98,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------- handlers
-def _out(args: argparse.Namespace, label: str) -> Path:
-    return args.out or Path("runs") / "eval" / label
+def _out(args: argparse.Namespace, label: str | None, result_name: str) -> Path:
+    """The output folder, refused when it already holds this benchmark's results (unless
+    ``--overwrite``) — several benchmarks of one checkpoint share a folder on purpose. Checked
+    before the model is loaded."""
+    from meditok.errors import MedITokError
+    from meditok.tokenizer.hub import checkpoint_label
+
+    out = args.out or Path("runs") / "eval" / (label or checkpoint_label(args.checkpoint))
+    existing = [out / f"{result_name}{ext}" for ext in (".json", ".md")]
+    if any(p.exists() for p in existing) and not getattr(args, "overwrite", False):
+        raise MedITokError(f"{out} already holds {result_name} results; pass --overwrite to "
+                           "replace them or choose another --out")
+    return out
+
+
+def _locked(out: Path):
+    from meditok.utils.lock import output_lock
+
+    return output_lock(out)
 
 
 def _model(args: argparse.Namespace):
@@ -135,12 +154,13 @@ def _done(out: Path, name: str) -> int:
 def cmd_recon(args: argparse.Namespace) -> int:
     from meditok.tokenizer.bench.reconstruction import RESULT_NAME, evaluate_reconstruction
 
+    out = _out(args, None, RESULT_NAME)
     model, label = _model(args)
-    out = _out(args, label)
-    evaluate_reconstruction(model, _samples(args), batch_size=args.batch_size,
-                            device=args.device, compute_fid=not args.no_fid,
-                            grid_examples=args.grid, out_dir=out, label=label, seed=args.seed,
-                            progress=not args.quiet)
+    with _locked(out):
+        evaluate_reconstruction(model, _samples(args), batch_size=args.batch_size,
+                                device=args.device, compute_fid=not args.no_fid,
+                                grid_examples=args.grid, out_dir=out, label=label, seed=args.seed,
+                                progress=not args.quiet)
     return _done(out, RESULT_NAME)
 
 
@@ -148,26 +168,36 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from meditok.metrics.probe import ProbeConfig
     from meditok.tokenizer.bench.probe_bench import RESULT_NAME, run_probe
 
+    out = _out(args, None, RESULT_NAME)
     model, label = _model(args)
-    out = _out(args, label)
     cfg = ProbeConfig(lr=args.lr, batch_size=args.probe_batch, max_epochs=args.max_epochs,
                       patience=args.patience, monitor=args.monitor)
-    run_probe(model, args.data_root, datasets=_list(args.datasets), kinds=_list(args.features),
-              pixel_baseline=not args.no_pixels, config=cfg, batch_size=args.batch_size,
-              device=args.device, out_dir=out, label=label, seed=args.seed,
-              max_train=args.max_train, progress=not args.quiet)
+    with _locked(out):
+        run_probe(model, args.data_root, datasets=_list(args.datasets), kinds=_list(args.features),
+                  pixel_baseline=not args.no_pixels, config=cfg, batch_size=args.batch_size,
+                  device=args.device, out_dir=out, label=label, seed=args.seed,
+                  max_train=args.max_train, progress=not args.quiet)
     return _done(out, RESULT_NAME)
 
 
 def cmd_volume(args: argparse.Namespace) -> int:
+    import sys
+
+    from meditok.errors import InvalidInputError
     from meditok.tokenizer.bench.volume import RESULT_NAME, evaluate_volumes
 
+    missing = [str(p) for p in args.volumes if not Path(p).exists()]
+    if missing:
+        raise InvalidInputError(f"volume not found: {', '.join(missing)}")
+    out = _out(args, None, RESULT_NAME)
     model, label = _model(args)
-    out = _out(args, label)
-    evaluate_volumes(model, args.volumes, out, batch_size=args.batch_size, device=args.device,
-                     modality=args.modality, compute_fid=args.fid,
-                     feature_kind=None if args.features == "none" else args.features,
-                     label=label, seed=args.seed, progress=not args.quiet)
+    with _locked(out):
+        result = evaluate_volumes(model, args.volumes, out, batch_size=args.batch_size,
+                                  device=args.device, modality=args.modality, compute_fid=args.fid,
+                                  feature_kind=None if args.features == "none" else args.features,
+                                  label=label, seed=args.seed, progress=not args.quiet)
+    for s in result["skipped"]:
+        print(f"meditok eval volume: skipped {s['item']}: {s['reason']}", file=sys.stderr)
     return _done(out, RESULT_NAME)
 
 
@@ -178,10 +208,11 @@ def cmd_efficiency(args: argparse.Namespace) -> int:
 
     args.device = str(resolve_device(args.device))
     models = [(checkpoint_label(c), load_tokenizer(c, args.device)) for c in args.checkpoints]
-    out = args.out or Path("runs") / "eval" / "efficiency"
-    run_efficiency(models, settings=args.settings, device=args.device, iters=args.iters,
-                   warmup=args.warmup, amp=args.amp, out_dir=out, seed=args.seed,
-                   threads=args.threads, progress=not args.quiet)
+    out = _out(args, "efficiency", RESULT_NAME)
+    with _locked(out):
+        run_efficiency(models, settings=args.settings, device=args.device, iters=args.iters,
+                       warmup=args.warmup, amp=args.amp, out_dir=out, seed=args.seed,
+                       threads=args.threads, progress=not args.quiet)
     return _done(out, RESULT_NAME)
 
 
@@ -190,8 +221,8 @@ def cmd_codebook(args: argparse.Namespace) -> int:
     from meditok.data.preprocess import uint8_to_input
     from meditok.tokenizer.bench.codebook import RESULT_NAME, analyse_codebook, batches_from_samples
 
+    out = _out(args, None, RESULT_NAME)
     model, label = _model(args)
-    out = _out(args, label)
     pre = model.config.preprocess
     if args.medmnist:
         name, _, split = args.medmnist.partition(":")
@@ -204,9 +235,10 @@ def cmd_codebook(args: argparse.Namespace) -> int:
         samples = _samples(args)
         source = batches_from_samples(samples, pre, args.batch_size)
         total, dataset = len(samples), str(args.data or "images")
-    analyse_codebook(model, source, out_dir=out, total=total, device=args.device,
-                     tsne_points=args.tsne_points, label=label, seed=args.seed,
-                     dataset=dataset, progress=not args.quiet)
+    with _locked(out):
+        analyse_codebook(model, source, out_dir=out, total=total, device=args.device,
+                         tsne_points=args.tsne_points, label=label, seed=args.seed,
+                         dataset=dataset, progress=not args.quiet)
     return _done(out, RESULT_NAME)
 
 

@@ -14,17 +14,33 @@ def _model(args: argparse.Namespace):
     return load_tokenizer(args.checkpoint, args.device)
 
 
-def _inputs(args: argparse.Namespace) -> list[Path]:
-    from meditok.data.readers import iter_image_files
+def _inputs(args: argparse.Namespace):
+    """Input items (files, volumes, DICOM series, multi-frame files), named before reading."""
+    from meditok.data.inputs import collect_inputs
     from meditok.errors import MedITokError
 
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
         raise MedITokError(f"input not found: {', '.join(map(str, missing))}")
-    files = iter_image_files(args.inputs)
-    if not files:
+    items = collect_inputs(args.inputs, volumes=True)
+    if not items:
         raise MedITokError(f"no supported image files found in {', '.join(map(str, args.inputs))}")
-    return files
+    return items
+
+
+def _job_options(args: argparse.Namespace) -> dict:
+    return {"size": args.size, "resize": args.resize, "allow_large": args.allow_large,
+            "pseudonymize": args.pseudonymize, "planes": tuple(args.planes), "step": args.step}
+
+
+def _policy_line(model, args: argparse.Namespace) -> str:
+    from meditok.tokenizer.jobs import policy_for
+
+    pol = policy_for(model, args.size, args.resize, args.allow_large)
+    size = "native size" if pol.size is None else f"{pol.size} px"
+    what = "longer side" if pol.resize == "keep-aspect" else "square"
+    return (f"resolution: {pol.resize}, {what} {size}, sides multiples of {pol.multiple} "
+            f"(checkpoint trained at {model.config.preprocess.image_size} px)")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -42,8 +58,10 @@ def _tokenize(args: argparse.Namespace) -> int:
     from meditok.tokenizer.jobs import tokenize_files
 
     model = _model(args)
-    report = tokenize_files(model, _inputs(args), args.out, args.batch_size, args.overwrite,
-                            modality=args.modality)
+    items = _inputs(args)
+    print(_policy_line(model, args))
+    report = tokenize_files(model, items, args.out, args.batch_size, args.overwrite,
+                            modality=args.modality, **_job_options(args))
     print(report.summary())
     print(f"tokens written to {args.out}")
     return 0
@@ -53,8 +71,9 @@ def _detokenize(args: argparse.Namespace) -> int:
     from meditok.tokenizer.jobs import detokenize_file
 
     model = _model(args)
-    written = detokenize_file(model, args.tokens, args.out, args.batch_size, args.overwrite)
-    print(f"{len(written)} images written to {args.out}")
+    written = detokenize_file(model, args.tokens, args.out, args.batch_size, args.overwrite,
+                              allow_large=args.allow_large, volume_format=args.volume_format)
+    print(f"{len(written)} files written to {args.out}")
     return 0
 
 
@@ -62,12 +81,15 @@ def _reconstruct(args: argparse.Namespace) -> int:
     from meditok.tokenizer.jobs import reconstruct_files
 
     model = _model(args)
-    report, rows = reconstruct_files(model, _inputs(args), args.out, args.batch_size,
-                                     args.overwrite, modality=args.modality)
+    items = _inputs(args)
+    print(_policy_line(model, args))
+    report, rows = reconstruct_files(model, items, args.out, args.batch_size,
+                                     args.overwrite, modality=args.modality, **_job_options(args))
     if rows:
         mean_psnr = sum(r["psnr"] for r in rows) / len(rows)
         mean_ssim = sum(r["ssim"] for r in rows) / len(rows)
-        print(f"mean PSNR {mean_psnr:.2f} dB, mean SSIM {mean_ssim:.4f} over {len(rows)} images")
+        print(f"mean PSNR {mean_psnr:.2f} dB, mean SSIM {mean_ssim:.4f} (0-1) over {len(rows)} "
+              "items")
     print(report.summary())
     return 0 if rows else 1
 
@@ -93,8 +115,11 @@ def _convert(args: argparse.Namespace) -> int:
 
     from meditok.tokenizer.hub import convert_official
 
+    from meditok.utils.lock import output_lock
+
     dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    out = convert_official(args.source, args.out, dtype=dtype)
+    with output_lock(args.out):
+        out = convert_official(args.source, args.out, dtype=dtype)
     print(f"converted {args.source} → {out}")
     return 0
 
@@ -120,16 +145,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "mapping, e.g. a 16-bit CT PNG holds HU + offset and is CT-windowed; "
                             "default: from the file (DICOM header, meditok CT PNG tag)")
 
-    p = subparsers.add_parser("tokenize", help="images (files or folders) → tokens .npz")
-    p.add_argument("inputs", nargs="+", help="image files or folders (PNG/JPEG/TIFF/DICOM/NIfTI)")
+    def job(p: argparse.ArgumentParser) -> None:
+        from meditok.tokenizer.resolution import DEFAULT_SIZE, MAX_SIDE
+
+        p.add_argument("--size", default=None,
+                       help=f"model input size: longer side in px (default {DEFAULT_SIZE}, chosen "
+                            "from measurements: benchmarks/results/resolution.md) or 'native'")
+        p.add_argument("--resize", choices=["keep-aspect", "squash"], default="keep-aspect",
+                       help="keep-aspect (default; sides rounded to multiples of the model's "
+                            "downsampling factor, non-square grids) or squash to size x size")
+        p.add_argument("--allow-large", action="store_true",
+                       help=f"allow model inputs above {MAX_SIDE} px per side")
+        p.add_argument("--pseudonymize", action="store_true",
+                       help="name outputs by content hash; the hash → path map is written to a "
+                            "local-only file (never share it)")
+        p.add_argument("--planes", nargs="+", default=["axial"],
+                       choices=["axial", "coronal", "sagittal"],
+                       help="volumes (NIfTI/NRRD/MHA, DICOM series, multi-frame DICOM): planes "
+                            "to slice along (default axial)")
+        p.add_argument("--step", type=int, default=1,
+                       help="volumes: every STEP-th slice (default 1: every slice)")
+
+    p = subparsers.add_parser("tokenize", help="images, volumes, DICOM series → tokens .npz")
+    p.add_argument("inputs", nargs="+", help="image files, volumes or folders (PNG/JPEG/TIFF/"
+                                             "DICOM/NIfTI/NRRD/MHA)")
     p.add_argument("--out", required=True, help="output .npz")
     common(p)
     modality(p)
+    job(p)
     p.set_defaults(func=_tokenize)
 
-    p = subparsers.add_parser("detokenize", help="tokens .npz → PNG images")
+    p = subparsers.add_parser("detokenize", help="tokens .npz → PNG images / NIfTI or DICOM volumes")
     p.add_argument("tokens")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--volume-format", choices=["nifti", "dicom", "both"], default="nifti",
+                   help="token volumes: NIfTI in the source geometry (default) and/or a DICOM "
+                        "series with fresh UIDs and no identifiers")
+    p.add_argument("--allow-large", action="store_true",
+                   help="decode grids above the size / count limits")
     common(p)
     p.set_defaults(func=_detokenize)
 
@@ -138,6 +191,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     common(p, batch=8)
     modality(p)
+    job(p)
     p.set_defaults(func=_reconstruct)
 
     p = subparsers.add_parser("info", help="describe a checkpoint")

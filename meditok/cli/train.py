@@ -32,8 +32,17 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    import contextlib
+    import os
+
+    from meditok.utils.lock import output_lock
+
+    # One run per output_dir: a second launch on the same folder is refused (rank 0 holds the
+    # lock for the whole run; the other ranks of a torchrun job write nothing there).
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
-        result = train(cfg)
+        with output_lock(cfg.output_dir) if rank0 else contextlib.nullcontext():
+            result = train(cfg)
     except TrainingDiverged as exc:
         print(f"meditok train: stopped: {exc}", file=sys.stderr)
         return 3

@@ -63,7 +63,10 @@ def safe_meta(ds: Any) -> dict[str, Any]:
         if key in ds and ds.get(key) not in (None, ""):
             meta[key] = _plain(ds.get(key))
     if "PixelSpacing" in meta:
-        meta["spacing"] = [float(v) for v in meta["PixelSpacing"]]
+        try:
+            meta["spacing"] = [float(v) for v in meta["PixelSpacing"]]
+        except (TypeError, ValueError):
+            del meta["PixelSpacing"]  # unusable: no spacing rather than a crash
     return meta
 
 
@@ -75,9 +78,33 @@ def _read_dataset(path: Path, stop_before_pixels: bool = False) -> Any:
         raise ImageReadError(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
 
 
+def header_number(ds: Any, key: str, default: float, path: str | Path | None = None,
+                  cast: type = float) -> Any:
+    """A numeric header value (``RescaleSlope``, ``NumberOfFrames`` ...) or ``default`` when
+    absent/empty; a value that is not a number is an :class:`ImageReadError` naming the tag
+    (a damaged or hand-edited header), never a bare ``ValueError``."""
+    raw = ds.get(key, None)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = cast(float(raw)) if cast is int else cast(raw)
+    except (TypeError, ValueError):
+        raise ImageReadError(path or getattr(ds, "filename", None) or "<dicom>",
+                             f"DICOM {key} {str(raw)[:40]!r} is not a number") from None
+    if cast is float and not np.isfinite(value):
+        raise ImageReadError(path or getattr(ds, "filename", None) or "<dicom>",
+                             f"DICOM {key} {str(raw)[:40]!r} is not finite")
+    return value
+
+
 def _pixels(ds: Any, path: Path) -> np.ndarray:
+    from meditok.data.readers import check_size, max_image_pixels
+
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data")
+    shape = (header_number(ds, "NumberOfFrames", 1, path, int), header_number(ds, "Rows", 0, path, int),
+             header_number(ds, "Columns", 0, path, int))
+    check_size(path, shape, max_image_pixels())
     try:
         arr = ds.pixel_array
     except Exception as exc:  # undecodable / truncated pixel data, missing codec
@@ -87,8 +114,8 @@ def _pixels(ds: Any, path: Path) -> np.ndarray:
 
 def hu_or_physical(ds: Any, arr: np.ndarray) -> np.ndarray:
     """Apply RescaleSlope / RescaleIntercept (CT: stored values → Hounsfield units)."""
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope = header_number(ds, "RescaleSlope", 1.0) or 1.0
+    intercept = header_number(ds, "RescaleIntercept", 0.0)
     out = arr.astype(np.float32)
     if slope != 1.0 or intercept != 0.0:
         out = out * np.float32(slope) + np.float32(intercept)
@@ -107,8 +134,8 @@ def read_dicom_image(path: Path, frame_index: int | None = None) -> tuple[np.nda
     meta = safe_meta(ds)
     modality = DICOM_MODALITY.get(str(ds.get("Modality", "")).upper())
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = header_number(ds, "SamplesPerPixel", 1, path, int) or 1
+    frames = header_number(ds, "NumberOfFrames", 1, path, int) or 1
     if frames > 1:
         idx = frames // 2 if frame_index is None else frame_index
         if not 0 <= idx < arr.shape[0]:
@@ -151,36 +178,85 @@ def _slice_normal(ds: Any) -> np.ndarray | None:
     return np.cross(row, col)
 
 
-def read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, str | None, dict]:
+def _spacing_pair(ds: Any, path: Path) -> tuple[float, float]:
+    raw = ds.get("PixelSpacing") or [1.0, 1.0]
+    try:
+        row_sp, col_sp = (float(v) for v in raw)
+    except (TypeError, ValueError):
+        raise ImageReadError(path, f"DICOM PixelSpacing {str(raw)[:40]!r} is not two numbers") from None
+    if not (row_sp > 0 and col_sp > 0 and np.isfinite(row_sp) and np.isfinite(col_sp)):
+        raise ImageReadError(path, f"DICOM PixelSpacing {list(raw)} must be positive")
+    return row_sp, col_sp
+
+
+def series_groups(files: list[Path]) -> list[list[Path]]:
+    """Single-frame DICOM files grouped by series (SeriesInstanceUID, then slice size), each
+    group in file-name order; multi-frame files and unreadable headers are left out (they are
+    read one by one as images). A group whose files repeat an instance (same SOPInstanceUID or
+    same slice position — copies of one slice, not a volume) is split into single files."""
+    pydicom = require("pydicom", "io")
+    groups: dict[tuple, list[tuple[Path, str, str]]] = {}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+            frames = int(float(ds.get("NumberOfFrames", 1) or 1))
+        except Exception:  # noqa: BLE001 - damaged header: let the per-file reader report it
+            continue
+        if frames != 1 or "SeriesInstanceUID" not in ds:
+            continue
+        key = (str(f.parent), str(ds.SeriesInstanceUID), ds.get("Rows"), ds.get("Columns"))
+        where = str(list(ds.get("ImagePositionPatient") or [])) or str(ds.get("InstanceNumber", ""))
+        groups.setdefault(key, []).append((f, str(ds.get("SOPInstanceUID", "")), where))
+    out = []
+    for members in groups.values():
+        uids = [m[1] for m in members if m[1]]  # anonymised series may have none
+        distinct = len(set(uids)) == len(uids) and len({m[2] for m in members}) == len(members)
+        paths = sorted(m[0] for m in members)
+        out += [paths] if distinct else [[p] for p in paths]
+    return out
+
+
+def read_dicom_series(folder: Path, files: list[Path] | None = None
+                      ) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray, str | None, dict]:
     """Read a folder of single-frame DICOM slices → ``(array z,y,x, spacing z,y,x, affine, modality, meta)``.
 
     Slices are sorted by their position along the slice normal (ImagePositionPatient ·
-    normal), falling back to InstanceNumber; only the largest series in the folder is used.
-    The affine maps voxel index (x, y, z) to patient LPS millimetres.
+    normal), falling back to InstanceNumber; ``files`` picks one series of the folder (see
+    :func:`series_groups`), by default the largest series is used. The affine maps voxel
+    index (x, y, z) to patient LPS millimetres.
     """
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom(p))
+    from meditok.data.readers import check_size, max_volume_voxels
+
+    if files is None:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom(p))
     if not files:
         raise ImageReadError(folder, "folder holds no DICOM files")
-    headers = []
-    for f in files:
-        ds = _read_dataset(f)
-        headers.append((f, ds))
+    headers = [(f, _read_dataset(f, stop_before_pixels=True)) for f in files]
     series: dict[str, list] = {}
     for f, ds in headers:
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
     items = max(series.values(), key=len)
-    normal = _slice_normal(items[0][1])
+    first = items[0][1]
+    check_size(folder, (len(items), header_number(first, "Rows", 0, items[0][0], int),
+                        header_number(first, "Columns", 0, items[0][0], int)), max_volume_voxels(),
+               "voxels")
+    normal = _slice_normal(first)
 
     def position(item: tuple) -> float:
         ds = item[1]
         ipp = ds.get("ImagePositionPatient")
         if normal is not None and ipp is not None:
-            return float(np.dot(np.asarray(ipp, float), normal))
-        return float(ds.get("InstanceNumber", 0) or 0)
+            try:
+                return float(np.dot(np.asarray(ipp, float), normal))
+            except (TypeError, ValueError):
+                raise ImageReadError(item[0], "DICOM ImagePositionPatient is not three numbers") from None
+        return header_number(ds, "InstanceNumber", 0.0, item[0])
 
     items.sort(key=position)
+    first = items[0][1]
     slices = []
-    for f, ds in items:
+    for f, _ in items:
+        ds = _read_dataset(f)
         arr = _pixels(ds, f)
         if arr.ndim != 2:
             raise ImageReadError(f, f"expected a single-frame grey slice, got shape {arr.shape}")
@@ -189,14 +265,12 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, float, flo
     if len(shapes) != 1:
         raise ImageReadError(folder, f"slices have different sizes {sorted(shapes)}")
     vol = np.stack(slices)
-    first = items[0][1]
     meta = safe_meta(first)
-    row_sp, col_sp = (float(v) for v in first.get("PixelSpacing", [1.0, 1.0]))
+    row_sp, col_sp = _spacing_pair(first, items[0][0])
     positions = [position(it) for it in items]
-    if len(items) > 1 and normal is not None:
-        z_sp = float(np.median(np.diff(positions)))
-    else:
-        z_sp = float(first.get("SliceThickness", 1.0) or 1.0)
+    z_sp = float(np.median(np.diff(positions))) if len(items) > 1 and normal is not None else 0.0
+    if abs(z_sp) < 1e-6:  # one slice, no positions, or repeated positions: use the thickness
+        z_sp = header_number(first, "SliceThickness", 1.0, items[0][0]) or 1.0
     affine = np.eye(4)
     if normal is not None and first.get("ImagePositionPatient") is not None:
         iop = np.asarray(first.ImageOrientationPatient, float)
@@ -204,6 +278,8 @@ def read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, float, flo
         affine[:3, 1] = iop[3:] * row_sp
         affine[:3, 2] = normal * z_sp
         affine[:3, 3] = np.asarray(first.ImagePositionPatient, float)
+    else:
+        affine[:3, :3] = np.diag([col_sp, row_sp, z_sp])
     meta["num_slices"] = len(items)
     modality = DICOM_MODALITY.get(str(first.get("Modality", "")).upper())
     return vol, (abs(z_sp), row_sp, col_sp), affine, modality, meta

@@ -2,18 +2,26 @@
 
 :func:`read_image` returns a 2D :class:`MedicalImage` (PNG/JPEG/TIFF/BMP/GIF 8/16-bit, DICOM,
 one slice of a NIfTI/NRRD volume); :func:`read_volume` returns a 3D :class:`Volume` (DICOM
-series, NIfTI, NRRD, MHA). :func:`iter_image_files` finds image files in folders. Every failure is an
-:class:`~meditok.errors.ImageReadError` naming the file, never a decoder traceback.
+series, NIfTI, NRRD, MHA; :mod:`meditok.data.volume_readers`). :func:`iter_image_files` finds
+image files in folders. Every failure is an :class:`~meditok.errors.ImageReadError` naming the
+file, never a decoder traceback.
+
+Size limits are explicit and checked from the header before decoding: :data:`MAX_IMAGE_PIXELS`
+(100 M pixels per 2D image or multi-frame file; ``MEDITOK_MAX_IMAGE_PIXELS``) replaces Pillow's
+implicit decompression-bomb limit, :data:`MAX_VOLUME_VOXELS` (600 M voxels;
+``MEDITOK_MAX_VOLUME_VOXELS``) bounds volumes.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from meditok.data.dicom import is_dicom, read_dicom_image, read_dicom_series
+from meditok.data.dicom import is_dicom, read_dicom_image
 from meditok.errors import ImageReadError, MissingDependencyError
 from meditok.utils.lazy import require
 
@@ -28,6 +36,47 @@ IMAGE_EXTS = RASTER_EXTS + TIFF_EXTS + DICOM_EXTS + NIFTI_EXTS + NRRD_EXTS + ITK
 NON_IMAGE_EXTS = (".json", ".txt", ".csv", ".md", ".py", ".npz", ".npy", ".yaml", ".yml",
                   ".parquet", ".tar", ".gz", ".zip", ".html", ".pdf", ".xml", ".log")
 KINDS = ("uint8", "uint16", "hu", "float")
+
+#: Largest 2D image decoded (pixels, width x height; frames x rows x columns for a multi-frame
+#: DICOM). Replaces Pillow's implicit decompression-bomb limit with one explicit, documented
+#: limit that every reader applies *before* decoding: 100 Mpx (a 10000 x 10000 image, 1.2 GB
+#: as float32 RGB) covers radiographs and mammograms (<= 30 Mpx) with room to spare; a file
+#: whose header claims more is refused with a clear error. Override with the environment
+#: variable ``MEDITOK_MAX_IMAGE_PIXELS``.
+MAX_IMAGE_PIXELS = 100_000_000
+#: Largest volume read (voxels): 600 M (a 512 x 512 x 2300 CT, 2.4 GB as float32).
+#: Override with ``MEDITOK_MAX_VOLUME_VOXELS``.
+MAX_VOLUME_VOXELS = 600_000_000
+
+
+def _limit(env: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(env, default)))
+    except ValueError:
+        return default
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force (:data:`MAX_IMAGE_PIXELS` or ``MEDITOK_MAX_IMAGE_PIXELS``)."""
+    return _limit("MEDITOK_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS)
+
+
+def max_volume_voxels() -> int:
+    """The voxel limit in force (:data:`MAX_VOLUME_VOXELS` or ``MEDITOK_MAX_VOLUME_VOXELS``)."""
+    return _limit("MEDITOK_MAX_VOLUME_VOXELS", MAX_VOLUME_VOXELS)
+
+
+def check_size(path: str | Path, shape: Sequence[int], limit: int, unit: str = "pixels") -> None:
+    """Refuse (``ImageReadError``) a file whose header claims more than ``limit`` elements."""
+    n = 1
+    for s in shape:
+        n *= max(int(s), 1)
+    if n > limit:
+        dims = " x ".join(str(int(s)) for s in shape)
+        env = "MEDITOK_MAX_IMAGE_PIXELS" if unit == "pixels" else "MEDITOK_MAX_VOLUME_VOXELS"
+        raise ImageReadError(path, f"header claims {dims} = {n / 1e6:.0f} M {unit}, above the "
+                                   f"limit of {limit / 1e6:.0f} M {unit} (a decompression bomb or "
+                                   f"a damaged header; set {env} to read larger files)")
 
 
 @dataclass
@@ -91,12 +140,27 @@ class Volume:
         return _checked(MedicalImage(arr.astype(np.float32), self.kind, self.modality, meta, self.path))
 
 
-def _ext(path: Path) -> str:
+def file_ext(path: Path) -> str:
+    """Lower-case extension, ``.nii.gz`` counted as one."""
     name = path.name.lower()
     for double in (".nii.gz",):
         if name.endswith(double):
             return double
     return path.suffix.lower()
+
+
+def check_file(path: Path) -> None:
+    """Refuse a missing, directory or empty path with a clear :class:`ImageReadError`."""
+    if not path.exists():
+        raise ImageReadError(path, "file does not exist")
+    if path.is_dir():
+        raise ImageReadError(path, "is a directory (use read_volume for a DICOM series)")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty (0 bytes)")
+
+
+_ext = file_ext          # former private names, still imported by older modules
+_check_file = check_file
 
 
 def _checked(img: MedicalImage) -> MedicalImage:
@@ -125,7 +189,24 @@ def _from_pil(path: Path, source: Any = None) -> tuple[np.ndarray, str, dict[str
 
     meta: dict[str, Any] = {}
     try:
-        with Image.open(source if source is not None else path) as im:
+        with warnings.catch_warnings():
+            # Our own limit (max_image_pixels) is checked below, before decoding; Pillow's
+            # warning between its limit and twice it would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source if source is not None else path)
+    except Image.DecompressionBombError as exc:
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        claimed = f"{int(found.group(1)) / 1e6:.0f} M" if found else "more"
+        raise ImageReadError(path, f"header claims {claimed} pixels, above the limit of "
+                                   f"{max_image_pixels() / 1e6:.0f} M pixels (a decompression bomb "
+                                   "or a damaged header; Pillow refuses it too)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(path, f"cannot decode image ({exc})") from None
+    check_size(path, (im.size[1], im.size[0]), max_image_pixels())
+    try:
+        with im:
             im.load()  # decode now so truncation surfaces here
             mode = im.mode
             if mode in ("1", "L", "RGB", "RGBA"):
@@ -182,8 +263,14 @@ def _from_tiff(path: Path) -> tuple[np.ndarray, str]:
     try:
         with tifffile.TiffFile(path) as tf:
             page = tf.pages[0]
+            shape = tuple(page.shape)
+            if len(shape) >= 2:
+                check_size(path, shape[:2] if len(shape) == 3 and shape[2] <= 4 else shape,
+                           max_image_pixels())
             arr = page.asarray()
             planar_separate = int(getattr(page, "planarconfig", 1)) == 2
+    except ImageReadError:
+        raise
     except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error, ...
         try:
             return _from_pil(path)[:2]
@@ -196,122 +283,6 @@ def _from_tiff(path: Path) -> tuple[np.ndarray, str]:
     if arr.ndim not in (2, 3):
         raise ImageReadError(path, f"TIFF page has unsupported shape {arr.shape}")
     return _native(arr, path)
-
-
-def _nifti_volume(path: Path) -> Volume:
-    nib = require("nibabel", "io")
-    try:
-        src = nib.load(str(path))
-        img = nib.as_closest_canonical(src)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:
-        raise ImageReadError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[..., None]
-    if data.ndim != 3:
-        raise ImageReadError(path, f"expected a 3D NIfTI volume, got shape {data.shape}")
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    # Canonical RAS (i→R, j→A, k→S), then flip i and j so that index axes run x→L, y→P,
-    # z→S like an axial DICOM series: slices then display anterior-up, patient-right-left.
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    flip[0, 3], flip[1, 3] = data.shape[0] - 1, data.shape[1] - 1
-    affine = np.asarray(img.affine, float) @ flip
-    arr = np.ascontiguousarray(data[::-1, ::-1, :].transpose(2, 1, 0))  # array[z, y, x]
-    orient = nib.orientations
-    # canonical RAS voxel order → the file's own voxel order (for writing results back)
-    back = orient.ornt_transform(orient.axcodes2ornt(("R", "A", "S")),
-                                 orient.axcodes2ornt(orient.aff2axcodes(src.affine)))
-    source = {"affine": np.asarray(src.affine, float), "header": src.header.copy(),
-              "to_source_ornt": back, "canonical_shape": tuple(int(s) for s in data.shape)}
-    return Volume(arr, (zooms[2], zooms[1], zooms[0]), affine, None,
-                  {"format": "nifti", "orientation": "LPS"}, str(path), "RAS", source)
-
-
-def _nrrd_volume(path: Path) -> Volume:
-    nrrd = require("nrrd", "io", package="pynrrd")
-    try:
-        data, header = nrrd.read(str(path))
-    except Exception as exc:
-        raise ImageReadError(path, f"cannot read NRRD ({type(exc).__name__}: {exc})") from None
-    if data.ndim == 2:
-        data = data[..., None]
-    if data.ndim != 3:
-        raise ImageReadError(path, f"expected a 3D NRRD volume, got shape {data.shape}")
-    dirs = header.get("space directions")
-    affine = np.eye(4)
-    if dirs is not None and np.asarray(dirs, dtype=float).shape == (3, 3):
-        d = np.asarray(dirs, dtype=float)
-        affine[:3, :3] = d.T
-        spacing_xyz = np.linalg.norm(d, axis=1)
-    else:
-        spacing_xyz = np.asarray(header.get("spacings", [1.0, 1.0, 1.0]), dtype=float)
-    if header.get("space origin") is not None:
-        affine[:3, 3] = np.asarray(header["space origin"], dtype=float)
-    arr = np.ascontiguousarray(np.asarray(data, dtype=np.float32).transpose(2, 1, 0))
-    space = str(header.get("space", ""))
-    meta = {"format": "nrrd", "space": space}
-    world = "RAS" if space.lower() in ("right-anterior-superior", "ras", "scanner-xyz") else "LPS"
-    return Volume(arr, tuple(float(s) for s in spacing_xyz[::-1]), affine, None, meta, str(path),
-                  world)
-
-
-def _itk_volume(path: Path) -> Volume:
-    sitk = require("SimpleITK", "io", package="simpleitk")
-    try:
-        img = sitk.ReadImage(str(path))
-        arr = sitk.GetArrayFromImage(img).astype(np.float32)
-    except Exception as exc:
-        raise ImageReadError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise ImageReadError(path, f"expected a 3D grey volume, got shape {arr.shape}")
-    sx, sy, sz = img.GetSpacing()[:3]
-    affine = np.eye(4)
-    affine[:3, :3] = np.asarray(img.GetDirection(), float).reshape(3, 3) * np.array([sx, sy, sz])
-    affine[:3, 3] = img.GetOrigin()[:3]
-    return Volume(arr, (sz, sy, sx), affine, None, {"format": "itk"}, str(path))
-
-
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ImageReadError(path, "file does not exist")
-    if path.is_dir():
-        raise ImageReadError(path, "is a directory (use read_volume for a DICOM series)")
-    if path.stat().st_size == 0:
-        raise ImageReadError(path, "file is empty (0 bytes)")
-
-
-def read_volume(path: str | Path, modality: str | None = None) -> Volume:
-    """Read a 3D volume: a DICOM series folder, NIfTI, NRRD or MHA/MHD file.
-
-    Args:
-        path: file, or folder of DICOM slices (sorted by ImagePositionPatient).
-        modality: override the modality hint (``ct`` makes values be treated as HU).
-    """
-    path = Path(path)
-    if path.is_dir():
-        arr, spacing, affine, mod, meta = read_dicom_series(path)
-        vol = Volume(arr, spacing, affine, mod, {"format": "dicom", **meta}, str(path))
-    else:
-        _check_file(path)
-        ext = _ext(path)
-        if ext in NIFTI_EXTS:
-            vol = _nifti_volume(path)
-        elif ext in NRRD_EXTS:
-            vol = _nrrd_volume(path)
-        elif ext in ITK_EXTS:
-            vol = _itk_volume(path)
-        else:
-            raise ImageReadError(path, f"unsupported volume format {ext or '(no extension)'}; "
-                                       "expected a DICOM folder, .nii(.gz), .nrrd or .mha")
-    if modality is not None:
-        vol.modality = modality
-    if vol.array.size == 0 or not np.isfinite(vol.array).all():
-        raise ImageReadError(path, "volume is empty or contains NaN/infinite values")
-    return vol
 
 
 def read_image(path: str | Path, *, modality: str | None = None,
@@ -328,8 +299,8 @@ def read_image(path: str | Path, *, modality: str | None = None,
         ImageReadError: missing, empty, truncated, undecodable, unsupported, 1x1 or non-finite.
     """
     path = Path(path)
-    _check_file(path)
-    ext = _ext(path)
+    check_file(path)
+    ext = file_ext(path)
     if ext not in IMAGE_EXTS and is_dicom(path):
         ext = ".dcm"
     reader = _READERS.get(ext)
@@ -353,7 +324,7 @@ def register_reader(extensions: Sequence[str], reader: Reader) -> None:
 
 
 def _read_raster(path: Path, modality: str | None, slice_index: int | None) -> MedicalImage:
-    ext = _ext(path)
+    ext = file_ext(path)
     if ext in TIFF_EXTS:
         arr, kind = _from_tiff(path)
         meta: dict[str, Any] = {}
@@ -371,6 +342,18 @@ def _read_dicom(path: Path, modality: str | None, slice_index: int | None) -> Me
 
 def _read_volume_slice(path: Path, modality: str | None, slice_index: int | None) -> MedicalImage:
     return read_volume(path, modality).slice(slice_index)
+
+
+def read_volume(path: str | Path, modality: str | None = None,
+                files: list[Path] | None = None) -> Volume:
+    """Read a 3D volume: a DICOM series folder (``files``: one series of it, default the
+    largest), NIfTI, NRRD or MHA/MHD file (see :mod:`meditok.data.volume_readers`).
+
+    ``modality`` overrides the modality hint (``ct`` makes values be treated as HU).
+    """
+    from meditok.data.volume_readers import read_volume as _read
+
+    return _read(path, modality, files)
 
 
 register_reader(RASTER_EXTS + TIFF_EXTS, _read_raster)
@@ -398,7 +381,7 @@ def iter_image_files(inputs: list[str | Path] | str | Path, recursive: bool = Tr
         for f in sorted(walker):
             if not f.is_file() or f.name.startswith("."):
                 continue
-            ext = _ext(f)
+            ext = file_ext(f)
             if ext in IMAGE_EXTS or (ext not in NON_IMAGE_EXTS and is_dicom(f)):
                 found[f] = None
     return list(found)

@@ -235,6 +235,73 @@ def folder_jobs(folders: list[Path], modality: str = "from_dicom") -> list[dict]
     return _chunks("files", "extra", items)
 
 
+def manifest_modality(value: str, where: str) -> str:
+    """A user's modality spelling (``US``, ``x-ray``, ``MR`` …) → the manifest's name."""
+    from meditok.data.modalities import modality_key
+    from meditok.errors import InvalidInputError
+
+    key = modality_key(value)
+    if key not in HINT_TO_MODALITY:
+        raise InvalidInputError(f"{where}: unknown modality {value!r}; use one of "
+                                f"{sorted(HINT_TO_MODALITY)} (or a DICOM code such as CT, MR, US)")
+    return HINT_TO_MODALITY[key]
+
+
+def parse_extra(spec: str | Path) -> tuple[Path, str]:
+    """``FOLDER=MODALITY`` → (folder, manifest modality); a bare path keeps ``from_dicom``
+    (the DICOM header decides; other files are rejected as ``modality_unknown``)."""
+    text = str(spec)
+    path, sep, mod = text.rpartition("=")
+    if sep and mod and not Path(text).exists():
+        return Path(path), manifest_modality(mod, f"--extra {text}")
+    return Path(text), "from_dicom"
+
+
+def read_extra_csv(path: str | Path) -> list[dict]:
+    """Items of an ``--extra-csv`` file: columns ``path, modality`` and optionally ``caption``,
+    ``label``; relative paths are relative to the CSV's folder."""
+    import csv
+
+    from meditok.errors import InvalidInputError
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(f"{path}: cannot read the extra-files CSV ({exc})") from None
+    if not rows or not {"path", "modality"} <= set(rows[0]):
+        raise InvalidInputError(f"{path}: needs the columns 'path' and 'modality'")
+    items = []
+    for n, row in enumerate(rows, start=2):
+        src = Path(row["path"])
+        src = src if src.is_absolute() else path.parent / src
+        modality = manifest_modality(row["modality"], f"{path}:{n}")
+        try:
+            label = int(row.get("label") or -1)
+        except ValueError:
+            raise InvalidInputError(f"{path}:{n}: label {row.get('label')!r} is not an integer") from None
+        items.append({"src": str(src), "name": None, "modality": modality,
+                      "caption": (row.get("caption") or "").strip() or caption(modality),
+                      "label": label, "dataset": "extra"})
+    return items
+
+
+def extra_jobs(extra: list[str | Path], extra_csv: str | Path | None = None) -> list[dict]:
+    """Jobs of the user's own data: ``FOLDER[=MODALITY]`` entries and an optional CSV."""
+    from meditok.data.readers import iter_image_files
+
+    items = []
+    for spec in extra:
+        folder, modality = parse_extra(spec)
+        cap = caption(modality) if modality != "from_dicom" else ""
+        items += [{"src": str(f), "name": None, "modality": modality, "caption": cap, "label": -1,
+                   "dataset": "extra"} for f in iter_image_files([folder])]
+    if extra_csv is not None:
+        items += read_extra_csv(extra_csv)
+    return _chunks("files", "extra", items)
+
+
 SOURCES = {"medmnist": medmnist_jobs, "isic": isic_jobs, "vqa_rad": vqa_rad_jobs,
            "fundus": fundus_jobs, "sam_med2d": sam_med2d_jobs, "volumes": volume_jobs,
            "package_samples": lambda shared: package_sample_jobs()}

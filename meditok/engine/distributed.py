@@ -50,6 +50,11 @@ def init_distributed(device_type: str) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
+        if not torch.cuda.is_available():  # torch.cuda.set_device would fail with an AttributeError
+            from meditok.errors import DeviceError
+
+            raise DeviceError("--device cuda: CUDA is not available on this machine; for "
+                              "torchrun on CPU pass --device cpu (gloo backend)")
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, rank=rank, world_size=world,
                             timeout=timedelta(minutes=30))

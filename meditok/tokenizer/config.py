@@ -16,6 +16,21 @@ from meditok.errors import CheckpointError
 from meditok.utils.config import Config, from_dict
 
 
+#: Hard bounds of every architecture size (inclusive); the released ``large`` model sits well
+#: inside them (width 1024, depth 31, 8 x 4096 codes, 256 px).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "image_size": (8, 8192), "in_channels": (1, 4), "stem_width": (1, 4096),
+    "stage_widths": (1, 4096), "stage_depths": (0, 64), "stage_strides": (1, 2),
+    "mbconv_expand": (1, 16), "width": (8, 8192), "encoder_depth": (0, 256),
+    "decoder_depth": (0, 256), "num_heads": (1, 256), "mlp_ratio": (0.25, 16.0),
+    "drop_path": (0.0, 1.0), "proj_heads": (1, 256), "num_codebooks": (1, 64),
+    "codebook_size": (2, 1 << 20), "vocab_width": (1, 8192), "vq_beta": (0.0, 100.0),
+    "embed_dim": (1, 16384), "logit_scale_init": (-100.0, 100.0),
+}
+#: Largest architecture (estimated parameters) a config may describe: 8 B (32 GB in fp32).
+MAX_PARAMETERS = 8_000_000_000
+
+
 @dataclass
 class ModelConfig(Config):
     """Architecture hyper-parameters; the defaults are the released ``large`` model."""
@@ -62,8 +77,42 @@ class ModelConfig(Config):
         """Token grid side for a square input of ``image_size`` pixels."""
         return (image_size or self.image_size) // self.downsample
 
+    def estimated_parameters(self) -> int:
+        """Parameter count from the hyper-parameters alone, without building anything (a
+        rough estimate, within a few percent for the presets: transformer blocks, conv stages,
+        codebooks, projections) — used to refuse absurd configs before any allocation."""
+        w = self.width
+        hidden = int(w * self.mlp_ratio)
+        block = 4 * w * w + 3 * w * hidden + 8 * w  # attention + gated MLP + norms
+        stages = 0
+        prev = self.stem_width
+        for width, depth in zip(self.stage_widths, self.stage_depths):
+            mid = width * self.mbconv_expand
+            stages += depth * (prev * mid + 9 * mid + mid * width + 4 * (mid + width)) + prev * width
+            prev = width
+        conv = 2 * (9 * self.in_channels * self.stem_width + 9 * self.stem_width ** 2 + stages
+                    + 9 * prev * w)
+        codebooks = self.codebook_size * self.vocab_width
+        projections = 8 * w * max(w, self.vocab_width)
+        return int((self.encoder_depth + self.decoder_depth) * block + conv + codebooks
+                   + projections + w * self.embed_dim)
+
     def validate(self) -> None:
-        """Raise ``ValueError`` on inconsistent settings (before any module is built)."""
+        """Raise ``ValueError`` on inconsistent or unbounded settings (before any module is
+        built): every size has a hard bound (:data:`BOUNDS`) and the estimated parameter count
+        must stay below :data:`MAX_PARAMETERS`, so a damaged or hostile config never triggers
+        a multi-gigabyte allocation."""
+        for name, (lo, hi) in BOUNDS.items():
+            values = getattr(self, name)
+            for v in (values if isinstance(values, tuple) else (values,)):
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+                    raise ValueError(f"{name} = {values!r} is outside the supported range [{lo}, {hi}]")
+        if not 1 <= len(self.stage_widths) <= 6:
+            raise ValueError(f"between 1 and 6 conv stages are supported, got {len(self.stage_widths)}")
+        n = self.estimated_parameters()
+        if n > MAX_PARAMETERS:
+            raise ValueError(f"this architecture has about {n / 1e9:.1f} B parameters, above the "
+                             f"supported {MAX_PARAMETERS / 1e9:.0f} B (the released model has 0.7 B)")
         if not (len(self.stage_widths) == len(self.stage_depths) == len(self.stage_strides)):
             raise ValueError("stage_widths, stage_depths and stage_strides must have equal length")
         if any(s not in (1, 2) for s in self.stage_strides):

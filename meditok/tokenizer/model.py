@@ -163,25 +163,35 @@ class MedITok(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ inference API
     @torch.no_grad()
-    def tokenize(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B,3,H,W] in [-1,1] → token indices ``[B, num_codebooks, H/d, W/d]`` (int64)."""
+    def tokenize(self, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+        """Images [B,3,H,W] in [-1,1] → token indices ``[B, num_codebooks, H/d, W/d]`` (int64).
+
+        ``precision="bf16"``: encoder under bf16 autocast (opt-in fast mode; the projection and
+        the quantiser stay fp32, but ~2 % of tokens differ from the fp32 default)."""
+        from meditok.utils.device import autocast
+
         x = self._check_images(images)
-        latents, grid = self._encode(x)
+        with autocast(x.device, precision):
+            latents, grid = self._encode(x)
         idx = self.quantizer.latents_to_indices(latents)
         return idx.reshape(idx.shape[0], idx.shape[1], *grid)
 
     @torch.no_grad()
-    def detokenize(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token indices ``[B, K, h, w]`` → images ``[B,3,h*d,w*d]`` clamped to [-1,1]."""
+    def detokenize(self, tokens: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+        """Token indices ``[B, K, h, w]`` → images ``[B,3,h*d,w*d]`` clamped to [-1,1]
+        (``precision="bf16"``: decoder under bf16 autocast)."""
+        from meditok.utils.device import autocast
+
         tokens = self._check_tokens(tokens)
         grid = (tokens.shape[2], tokens.shape[3])
         latents = self.quantizer.indices_to_latents(tokens)
-        return self._decode(self._post_project(latents), grid).clamp(-1.0, 1.0)
+        with autocast(tokens.device, precision):
+            return self._decode(self._post_project(latents), grid).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         """``detokenize(tokenize(images))`` in one call."""
-        return self.detokenize(self.tokenize(images))
+        return self.detokenize(self.tokenize(images, precision), precision)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -206,14 +216,21 @@ class MedITok(PretrainedMixin, nn.Module):
         return self.quantizer.indices_to_latents(self._check_tokens(tokens))
 
     def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token grids must be ``[B, K, h, w]``: no layout is guessed from a 3-D tensor (the
+        official ``[B, K, h·w]`` with ``B == K`` would decode silently as one wrong image)."""
         cfg = self.config.model
         if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise InvalidInputError("tokens must be an integer tensor of shape [B, K, h, w]")
         if tokens.ndim == 3:
-            tokens = tokens.unsqueeze(0)
+            raise InvalidInputError(
+                f"tokens have 3 dimensions {list(tokens.shape)}; expected [B, {cfg.num_codebooks}, h, w]. "
+                "For one grid use tokens[None]; for the official flat layout [B, K, h*w] use "
+                "meditok.tokenizer.layout.tokens_from_official(indices, (h, w))")
         if tokens.ndim != 4 or tokens.shape[1] != cfg.num_codebooks:
             raise InvalidInputError(
                 f"tokens must have shape [B, {cfg.num_codebooks}, h, w], got {list(tokens.shape)}")
+        if tokens.shape[2] < 1 or tokens.shape[3] < 1:
+            raise InvalidInputError(f"token grids must be at least 1x1, got shape {list(tokens.shape)}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= cfg.codebook_size):
             raise InvalidInputError(f"token values must lie in [0, {cfg.codebook_size})")
         return tokens.long().to(self.logit_scale.device)

@@ -67,6 +67,70 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a weights file, without loading their data
+    (safetensors: the header; torch files: a memory-mapped ``weights_only`` load)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError,
+            pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot read weights (not a torch/safetensors "
+                              f"checkpoint, or not loadable with weights_only=True: {reason})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return {k: tuple(v.shape) for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinite values (such a model gives token 0 everywhere)."""
+    import numpy as np
+
+    def finite(v: torch.Tensor) -> bool:
+        # numpy on CPU: one single-threaded pass (torch spins up its thread pool per tensor)
+        if v.device.type == "cpu" and v.dtype in (torch.float32, torch.float64, torch.float16):
+            return bool(np.isfinite(v.detach().numpy()).all())
+        return bool(torch.isfinite(v).all())
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not finite(v)]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" … (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        raise CheckpointError(f"{source}: {len(bad)} weight tensors contain NaN or infinite "
+                              f"values ({shown}); the checkpoint is damaged")
+
+
+def check_size_against_weights(config: Any, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Refuse, before the model is built, a config describing a much larger model than the
+    weights file holds (a damaged or hostile ``config.json`` would otherwise allocate
+    gigabytes before the state-dict check). Uses the config's ``estimated_parameters()``
+    (also on a ``model`` sub-config) when it has one; the exact name/shape check follows after
+    building, when the allocation is known to be about the size of the file."""
+    est = getattr(getattr(config, "model", config), "estimated_parameters", None)
+    if not callable(est):
+        return
+    stored = 0
+    for shape in shapes.values():
+        n = 1
+        for s in shape:
+            n *= int(s)
+        stored += n
+    expected = int(est())
+    if expected > 1.5 * stored + 1_000_000:
+        raise CheckpointError(f"{source}: the config describes a model of about "
+                              f"{expected / 1e6:.1f} M parameters but the weights hold "
+                              f"{stored / 1e6:.1f} M; config.json does not belong to these "
+                              "weights (nothing was built)")
+
+
 def check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
                      source: str) -> None:
     """Raise a :class:`CheckpointError` listing missing, unexpected and mis-shaped keys."""
@@ -164,9 +228,11 @@ class PretrainedMixin:
             raise CheckpointError(f"{directory / CONFIG_NAME}: missing config")
         if not weights.exists():
             raise CheckpointError(f"{weights}: missing weights file")
-        config = cls.config_from_pretrained(directory)
-        model = cls(config)  # type: ignore[call-arg]
+        config = cls.config_from_pretrained(directory)  # bounded by the config's validate()
+        check_size_against_weights(config, read_shapes(weights), str(weights))
         state = {k: v.float() if v.is_floating_point() else v for k, v in read_state(weights).items()}
+        check_finite(state, str(weights))
+        model = cls(config)  # type: ignore[call-arg]
         check_state_dict(state, model.state_dict(), str(weights))
         model.load_state_dict(state, strict=True)
         return model.to(map_location).eval()

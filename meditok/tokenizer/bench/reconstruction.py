@@ -33,7 +33,7 @@ def evaluate_reconstruction(model, samples: Sequence[Sample], *, batch_size: int
                             progress: bool = True) -> dict[str, Any]:
     """Reconstruct every sample and score it; optionally write JSON/markdown/grids to ``out_dir``.
 
-    Returns a dict with ``modalities`` (per-modality N, PSNR, SSIM %, rFID), ``avg``, ``all``,
+    Returns a dict with ``modalities`` (per-modality N, PSNR, SSIM 0–1, rFID), ``avg``, ``all``,
     ``skipped`` and ``conventions``.
     """
     seed_everything(seed)
@@ -62,14 +62,14 @@ def evaluate_reconstruction(model, samples: Sequence[Sample], *, batch_size: int
             p, s = psnr(yu, xu).cpu(), ssim(yu, xu).cpu()
             for smp, pv, sv in zip(kept, p.tolist(), s.tolist()):
                 per_image.append({"path": smp.path, "modality": mod, "psnr": pv,
-                                  "ssim": 100.0 * sv})
+                                  "ssim": sv})
             if compute_fid:
                 fids[mod].update(to_uint8(x), real=True)
                 fids[mod].update(to_uint8(y), real=False)
             for i in range(min(len(kept), grid_examples - len(examples[mod]))):
                 examples[mod].append((xu[i].permute(1, 2, 0).cpu().numpy(),
                                       yu[i].permute(1, 2, 0).cpu().numpy(), p[i].item(),
-                                      100.0 * s[i].item()))
+                                      s[i].item()))
     bar.close()
 
     result = summarise(per_image, fids, mods, label=label, model=model)
@@ -119,10 +119,11 @@ def to_markdown(result: dict[str, Any]) -> str:
     header = ["Metrics", "Model", "f_d"] + [PAPER_MODALITY_LABELS.get(m, m) for m in mods] \
         + ["Avg.", "All"]
     rows = []
-    for key, name in (("rfid", "rFID (↓)"), ("psnr", "PSNR (↑)"), ("ssim", "SSIM % (↑)")):
-        rows.append([name, result["label"], result.get("downsample")]
-                    + [result["modalities"][m][key] for m in mods]
-                    + [result["avg"][key], result["all"][key]])
+    for key, name in (("rfid", "rFID (↓)"), ("psnr", "PSNR (↑)"), ("ssim", "SSIM (↑)")):
+        cells = [result["modalities"][m][key] for m in mods] + [result["avg"][key], result["all"][key]]
+        if key == "ssim":  # 0-1 units: three decimals
+            cells = [f"{v:.3f}" if isinstance(v, float) else v for v in cells]
+        rows.append([name, result["label"], result.get("downsample")] + cells)
     rows.append(["N images", result["label"], result.get("downsample")]
                 + [result["modalities"][m]["n"] for m in mods]
                 + [result["avg"]["n"], result["all"]["n"]])
@@ -189,7 +190,7 @@ def save_grid(examples: Sequence[tuple[np.ndarray, np.ndarray, float, float]], p
         axes[row, 0].imshow(inp)
         axes[row, 1].imshow(rec)
         im = axes[row, 2].imshow(err, cmap="inferno", vmin=0.0, vmax=max(0.2, float(err.max())))
-        axes[row, 1].set_title(f"PSNR {p:.2f} dB / SSIM {s:.1f}%", fontsize=8)
+        axes[row, 1].set_title(f"PSNR {p:.2f} dB / SSIM {s:.3f}", fontsize=8)
         fig.colorbar(im, ax=axes[row, 2], fraction=0.046, pad=0.04)
         for ax in axes[row]:
             ax.set_xticks([])

@@ -61,6 +61,9 @@ class SlicedVolume:
 def load_sliced_volume(path: str | Path, preprocess, modality: str = "auto") -> SlicedVolume:
     """Read a NIfTI file, a DICOM series folder or an NRRD/MHA file as windowed axial slices."""
     vol = read_volume(path, None if modality == "auto" else modality)
+    if min(vol.array.shape) < 2:
+        raise ImageReadError(path, f"is not a 3D volume (shape {list(vol.array.shape)}, z y x); "
+                                   "use `meditok reconstruct` for 2D images")
     mod = guess_modality(vol) if modality == "auto" else modality
     lo, hi = volume_window(vol, mod, preprocess)
     unit = ((np.clip(vol.array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
@@ -104,7 +107,7 @@ def reconstruct_volume(model, vol: SlicedVolume, batch_size: int = 16,
             fid.update(to_uint8(y), real=False)
     mse = float(np.mean((out.astype(np.float64) - vol.unit) ** 2))
     metrics = {"psnr": float(10 * np.log10(1.0 / max(mse, 1e-12))),
-               "ssim": 100.0 * float(torch.cat(ssims).mean()),
+               "ssim": float(torch.cat(ssims).mean()),
                "rfid": fid_value(fid) if fid is not None and z >= 2 else None,
                "slices": int(z), "slice_shape": [int(h), int(w)]}
     return out, metrics
@@ -149,6 +152,9 @@ def evaluate_volumes(model, paths: Sequence[str | Path], out_dir: str | Path, *,
         except ImageReadError as exc:
             skipped.append({"item": str(p), "reason": exc.reason})
             continue
+        except Exception as exc:  # noqa: BLE001 - an unforeseen failure of one volume is reported
+            skipped.append({"item": str(p), "reason": f"unexpected {type(exc).__name__}: {exc}"})
+            continue
         unit, metrics = reconstruct_volume(model, vol, batch_size, device, compute_fid,
                                            progress)
         stem = _stem(Path(p))
@@ -165,16 +171,19 @@ def evaluate_volumes(model, paths: Sequence[str | Path], out_dir: str | Path, *,
                 torch.save(feats, tmp)
             row["features"] = {"kind": feature_kind, "file": fpath.name, "dim": int(len(feats))}
         rows.append(row)
+    if not rows:
+        reasons = "; ".join(f"{Path(s['item']).name}: {s['reason']}" for s in skipped[:5])
+        raise InvalidInputError(f"no usable volume among the inputs ({reasons}); nothing written")
     result = {"label": label, "volumes": rows, "skipped": skipped,
               "conventions": {"slicing": "every axial slice, display orientation, resized "
                                          "(bilinear) to the model input and back",
-                              "domain": "PSNR over all voxels and mean per-slice SSIM, in the "
-                                        "windowed [0,1] domain (CT: PreprocessConfig.ct_window "
+                              "domain": "PSNR over all voxels and mean per-slice SSIM (0-1), in "
+                                        "the windowed [0,1] domain (CT: PreprocessConfig.ct_window "
                                         "HU; others: volume percentiles)",
                               "output": "NIfTI in the source geometry, native units within "
                                         "the window (CT: int16 HU)"}}
-    header = ["Volume", "Modality", "Slices", "PSNR (↑)", "SSIM % (↑)", "rFID (↓)"]
-    table = [[Path(r["volume"]).name, r["modality"], r["slices"], r["psnr"], r["ssim"],
+    header = ["Volume", "Modality", "Slices", "PSNR (↑)", "SSIM (↑)", "rFID (↓)"]
+    table = [[Path(r["volume"]).name, r["modality"], r["slices"], r["psnr"], f"{r['ssim']:.3f}",
               r["rfid"]] for r in rows]
     md = "# 3D by slices (paper Table S2 layout)\n\n" + markdown_table(header, table) + "\n" \
         + "".join(f"* **{k}**: {v}\n" for k, v in result["conventions"].items())
