@@ -11,8 +11,15 @@ speed does not depend on content). Two objectives per preset:
     python benchmarks/train_speed.py                  # CPU: tiny, small (fp32)
     python benchmarks/train_speed.py --large          # + large (slow on CPU)
     python benchmarks/train_speed.py --device cuda    # GPU, bf16 autocast, all presets
+    python benchmarks/train_speed.py --before-after   # small full recipe: today vs fast objective
 
 Results from several devices are merged into one file (keyed by device).
+
+``--before-after`` times one ``small`` full-recipe trainer, alternating step by step between
+the original objective (adaptive GAN weight from two extra backward passes through LPIPS and
+D, LPIPS in fp32) and the fast one (one backward, LPIPS trunk in bf16 where native), so that
+both see the same machine load; it records wall and process CPU time per step, threads, the
+OpenMP wait policy and the load average → ``train_speed_before_after.{json,md}``.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from meditok.tokenizer.train import Trainer, TrainConfig
@@ -83,6 +91,94 @@ def bench(preset: str, variant: str, device: str, batch: int, steps: int, out: P
     return res
 
 
+def before_after(steps: int, batch: int, out_dir: Path, tmp: Path) -> dict:
+    """Alternate single steps of the original and the fast objective on one trainer."""
+    from meditok.tokenizer.kernels.cpu import describe
+
+    cfg = TrainConfig.from_dict({
+        "model": {"preset": "small"}, "stage": 1, "device": "cpu", "precision": "fp32",
+        "align": {"vision_teacher_size": TEACHER_SIZE["small"]}, "data": {"batch_size": batch},
+        "steps": 2 * steps + 4, "output_dir": str(tmp / "ba"), "tensorboard": False,
+        "progress": False})
+    trainer = Trainer(cfg)
+    size = trainer.model.config.model.image_size
+    images, source = real_images(batch, size)
+    batch_d = {"image": images, "caption": ["dermoscopy image"] * batch}
+    variants = {"today": ("reference", "fp32"), "one_backward": ("one_backward", "fp32"),
+                "fast": ("one_backward", cfg.loss.lpips_precision)}
+
+    def use(name: str) -> None:
+        trainer.loss_fn.adaptive, prec = variants[name]
+        if trainer.lpips is not None:
+            trainer.lpips.precision = prec
+
+    for name in variants:  # warm-up (allocator; step 0 has no GAN term: warm-up factor 0)
+        use(name)
+        trainer.train_step([batch_d])
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    logs: dict[str, list[float]] = {k: [] for k in variants}
+    loads = []
+    for i in range(steps):
+        order = list(variants) if i % 2 == 0 else list(reversed(list(variants)))
+        for name in order:
+            use(name)
+            t0, c0 = time.perf_counter(), time.process_time()
+            m = trainer.train_step([batch_d])
+            times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+            logs[name].append(m["w_gan"])
+        loads.append(os.getloadavg()[0])
+    med = {k: float(np.median([w for w, _ in v])) for k, v in times.items()}
+    cpu = {k: float(np.median([c for _, c in v])) for k, v in times.items()}
+    ratios = [a[0] / b[0] for a, b in zip(times["today"], times["fast"])]
+    ratios_ob = [a[0] / b[0] for a, b in zip(times["today"], times["one_backward"])]
+    use("fast")
+    trunk_fast = trainer.lpips.trunk_precision(trainer.device) if trainer.lpips else None
+    res = {
+        "preset": "small", "recipe": "full (LPIPS + PatchGAN/DiffAug/BCR + adaptive weight + alignment)",
+        "batch": batch, "image_size": size, "images": source, "steps_each": steps,
+        "lpips_trunk_fast": trunk_fast,
+        "today": {"s_per_step_median": round(med["today"], 3), "img_per_s": round(batch / med["today"], 2),
+                  "cpu_s_per_step_median": round(cpu["today"], 3)},
+        "one_backward": {"s_per_step_median": round(med["one_backward"], 3),
+                         "img_per_s": round(batch / med["one_backward"], 2),
+                         "cpu_s_per_step_median": round(cpu["one_backward"], 3)},
+        "fast": {"s_per_step_median": round(med["fast"], 3), "img_per_s": round(batch / med["fast"], 2),
+                 "cpu_s_per_step_median": round(cpu["fast"], 3)},
+        "speedup_one_backward_only": round(float(np.median(ratios_ob)), 3),
+        "speedup_median_of_ratios": round(float(np.median(ratios)), 3),
+        "speedup_cpu_time": round(cpu["today"] / cpu["fast"], 3),
+        "ratios": [round(r, 3) for r in ratios],
+        "w_gan_today": [round(w, 5) for w in logs["today"]],
+        "w_gan_fast": [round(w, 5) for w in logs["fast"]],
+        "note": "steps alternate on one trainer, so w_gan of different variants belong to different steps",
+        "load_avg_during": [round(x, 2) for x in loads],
+        "environment": describe(),
+        "command": "python benchmarks/train_speed.py " + " ".join(os.sys.argv[1:]),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "train_speed_before_after.json", json.dumps(res, indent=2))
+    env = res["environment"]
+    md = ["# Training speed before / after (small, full recipe)", "",
+          f"`{res['command']}` — {env['cpu_model']}, {env['torch_threads']} threads, "
+          f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}, load avg during the run "
+          f"{min(loads):.1f}–{max(loads):.1f} (shared machine), torch {env['torch']}.", "",
+          "Steps alternate between the two objectives on one trainer (same load for both); "
+          "medians over the steps.", "",
+          "| objective | s/step (wall) | img/s | CPU s/step |", "|---|---|---|---|",
+          f"| today: adaptive weight by two extra LPIPS/D backward passes, LPIPS fp32 | "
+          f"{res['today']['s_per_step_median']} | {res['today']['img_per_s']} | {res['today']['cpu_s_per_step_median']} |",
+          f"| one backward, LPIPS fp32 | {res['one_backward']['s_per_step_median']} | "
+          f"{res['one_backward']['img_per_s']} | {res['one_backward']['cpu_s_per_step_median']} |",
+          f"| fast: one backward, LPIPS trunk {res['lpips_trunk_fast']} | {res['fast']['s_per_step_median']} | "
+          f"{res['fast']['img_per_s']} | {res['fast']['cpu_s_per_step_median']} |", "",
+          f"Speed-up: **x{res['speedup_median_of_ratios']}** (median of per-pair wall ratios), "
+          f"x{res['speedup_cpu_time']} in CPU time; the one-backward weight alone: "
+          f"x{res['speedup_one_backward_only']}.", ""]
+    atomic_write_text(out_dir / "train_speed_before_after.md", "\n".join(md))
+    print(json.dumps(res, indent=2))
+    return res
+
+
 def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
@@ -96,7 +192,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--presets", nargs="*", default=None)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--before-after", action="store_true",
+                    help="small full recipe: original vs fast objective, alternating steps")
+    ap.add_argument("--batch", type=int, default=16, help="batch of --before-after")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: available CPUs)")
     args = ap.parse_args()
+    from meditok.tokenizer.kernels.cpu import configure_threads
+
+    configure_threads(args.threads)
+    if args.before_after:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            before_after(args.steps, args.batch, Path(args.out), Path(tmp))
+        return
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
     presets = args.presets or (["tiny", "small", "large"] if device == "cuda" or args.large
@@ -113,7 +222,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "train_speed.json"
     data = json.loads(path.read_text()) if path.is_file() else {}
+    from meditok.tokenizer.kernels.cpu import describe
+
     data[device] = {"device_name": device_name(device), "torch": torch.__version__,
+                    "environment": describe(),
                     "command": "python benchmarks/train_speed.py " + " ".join(
                         a for a in os.sys.argv[1:]), "results": rows}
     atomic_write_text(path, json.dumps(data, indent=2))

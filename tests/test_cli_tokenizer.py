@@ -100,3 +100,27 @@ def test_info_and_convert(tiny_model, tiny_ckpt, tmp_path, capsys):
     assert main(["convert-official", str(tmp_path / "small.pth"), str(tmp_path / "conv")]) == 1
     err = capsys.readouterr().err
     assert "missing" in err and "small.pth" in err
+
+
+def test_speed_modes_from_the_command_line(tiny_ckpt, inputs, tmp_path):
+    """`--precision bf16` runs the encoder under bf16 autocast (tokens mostly, not all, equal to
+    fp32); `--fast-decoder` keeps the tokens and changes reconstructions only at rounding level."""
+    args = [str(inputs / "ISIC_0000000.jpg"), str(inputs / "ISIC_0000001.jpg"), "-c", str(tiny_ckpt),
+            "--size", "32", "--resize", "squash"]
+    outs = {}
+    for mode, extra in (("fp32", []), ("bf16", ["--precision", "bf16"])):
+        outs[mode] = tmp_path / f"{mode}.npz"
+        assert main(["tokenize", *args, "--out", str(outs[mode]), *extra]) == 0
+    fp32, _ = load_tokens(outs["fp32"])
+    bf16, _ = load_tokens(outs["bf16"])
+    model = MedITok.from_pretrained(tiny_ckpt)
+    x = load_image(inputs / "ISIC_0000000.jpg", model.config.preprocess).unsqueeze(0)
+    assert torch.equal(bf16[0], model.tokenize(x, "bf16")[0])  # the flag reaches the model
+    assert (fp32 == bf16).float().mean() > 0.8
+    assert not torch.equal(fp32, bf16)  # bf16 rounding moves a few near-tie codes (97 % equal here)
+
+    for name, extra in (("eager", []), ("fast", ["--fast-decoder"])):
+        assert main(["reconstruct", *args, "--out", str(tmp_path / name), *extra]) == 0
+    rows = {n: list(csv.DictReader(open(tmp_path / n / "metrics.csv"))) for n in ("eager", "fast")}
+    for a, b in zip(rows["eager"], rows["fast"]):
+        assert float(a["psnr"]) == pytest.approx(float(b["psnr"]), abs=0.05)

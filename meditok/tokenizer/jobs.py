@@ -205,8 +205,12 @@ def tokenize_files(model: MedITok, paths: Sequence[Path | str | InputItem], out:
                    size: int | str | None = None, resize: str = "keep-aspect",
                    allow_large: bool = False, pseudonymize: bool = False,
                    planes: Sequence[str] = ("axial",), step: int = 1,
-                   volumes: bool = False, modalities: dict[str, str] | None = None) -> BatchReport:
-    """Tokenize files, volumes and series into one token file (:mod:`meditok.data.tokens`)."""
+                   volumes: bool = False, modalities: dict[str, str] | None = None,
+                   precision: str = "fp32") -> BatchReport:
+    """Tokenize files, volumes and series into one token file (:mod:`meditok.data.tokens`).
+
+    ``precision="bf16"`` is the opt-in fast mode (encoder under bf16 autocast: ~97 % of tokens
+    equal to fp32 on real images, see benchmarks/results/throughput_modes_*.md)."""
     from meditok.tokenizer import item_jobs
 
     out = Path(out)
@@ -215,7 +219,7 @@ def tokenize_files(model: MedITok, paths: Sequence[Path | str | InputItem], out:
     results: dict[int, list[TokenItem]] = {}
 
     def run(keys: list[int], x: torch.Tensor) -> None:
-        tok = model.tokenize(x.to(_device(model))).cpu()
+        tok = model.tokenize(x.to(_device(model)), precision).cpu()
         for k, t in zip(keys, tok):
             hw = list(x.shape[-2:])
             results[k] = [TokenItem(job.labels[k], t[None], {"kind": "image", "input_size": hw,
@@ -287,7 +291,8 @@ def reconstruct_files(model: MedITok, paths: Sequence[Path | str | InputItem], o
                       modality: str | None = None, *, size: int | str | None = None,
                       resize: str = "keep-aspect", allow_large: bool = False,
                       pseudonymize: bool = False, planes: Sequence[str] = ("axial",),
-                      step: int = 1, volumes: bool = False) -> tuple[BatchReport, list[dict]]:
+                      step: int = 1, volumes: bool = False,
+                      precision: str = "fp32") -> tuple[BatchReport, list[dict]]:
     """Write ``<name>.png`` panels (input | reconstruction | |error|) and ``metrics.csv``;
     volumes also get ``<name>_<plane>.nii.gz`` in their source geometry.
 
@@ -310,7 +315,7 @@ def reconstruct_files(model: MedITok, paths: Sequence[Path | str | InputItem], o
 
     def run(keys: list[int], x: torch.Tensor) -> None:
         x = x.to(_device(model))
-        rec = model.reconstruct(x)
+        rec = model.reconstruct(x, precision)
         p_vals = psnr(to_unit(rec), to_unit(x)).tolist()
         s_vals = ssim(to_unit(rec), to_unit(x)).tolist()
         h, w = x.shape[-2:]

@@ -6,7 +6,10 @@ Both the chunk and the codebook rows are L2-normalised, so nearest neighbour = h
 similarity. Many small independent codebooks avoid the utilisation collapse of one large one
 and give a combinatorial vocabulary (4096^8 per position).
 
-Everything here runs in fp32, whatever autocast region the caller is in.
+Everything here runs in fp32, whatever autocast region the caller is in. The nearest-code
+search is :func:`meditok.tokenizer.kernels.nearest_codes`: a fused CPU kernel with indices
+identical to the original ``bmm`` + ``argmax`` (kept as ``reference_nearest_codes``), the torch
+path on every other device.
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from meditok.tokenizer.kernels.search import LOOKUP_ROWS, nearest_codes
 
 
 class CodebookQuantizer(nn.Module):
@@ -57,9 +62,9 @@ class CodebookQuantizer(nn.Module):
 class MultiCodebookQuantizer(nn.Module):
     """``num_codebooks`` independent :class:`CodebookQuantizer` over contiguous latent chunks."""
 
-    #: Rows scored per batched matmul: bounds the [K, rows, codebook_size] similarity tensor
-    #: (8 x 1024 x 4096 fp32 = 128 MiB) whatever the batch size.
-    LOOKUP_ROWS = 1024
+    #: Rows scored per batched matmul by the reference search: bounds the [K, rows,
+    #: codebook_size] similarity tensor (8 x 1024 x 4096 fp32 = 128 MiB).
+    LOOKUP_ROWS = LOOKUP_ROWS
 
     def __init__(self, num_codebooks: int, codebook_size: int, vocab_width: int, beta: float = 0.25):
         super().__init__()
@@ -77,15 +82,12 @@ class MultiCodebookQuantizer(nn.Module):
         return F.normalize(flat, dim=-1).transpose(0, 1)
 
     def _lookup(self, f: torch.Tensor, books: torch.Tensor) -> torch.Tensor:
-        """Nearest code (highest cosine) per row, all sub-codebooks in one batched matmul.
+        """Nearest code (highest cosine) per row of f ``[K, N, d]`` among books ``[K, V, d]``.
 
-        One ``bmm`` over the K codebooks instead of K separate matmuls: the K=8-deep dot
-        products are memory-bound, and batching them lets the threads share the work.
+        Exact: the same indices as ``argmax(bmm(f, booksᵀ))`` in ``LOOKUP_ROWS`` chunks (ties
+        to the smallest index), computed by the fused kernel on CPU when it is built.
         """
-        f = f.detach()
-        out = [torch.argmax(torch.bmm(f[:, i:i + self.LOOKUP_ROWS], books.transpose(1, 2)), dim=-1)
-               for i in range(0, f.shape[1], self.LOOKUP_ROWS)]
-        return torch.cat(out, dim=1)
+        return nearest_codes(f, books, self.LOOKUP_ROWS)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training path. ``z`` [B, L, vocab_width] → (STE latents, indices [B, K, L],

@@ -58,6 +58,30 @@ def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
 
 
+def bf16_native(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 matmuls / convolutions run natively on ``device``: CUDA, or a CPU with
+    AVX-512 BF16 or AMX (elsewhere CPU bf16 is emulated and slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        if check is not None and not bool(check()):
+            return False
+    except (RuntimeError, AttributeError):
+        pass
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
+
+
 def default_precision(device: torch.device | str, requested: str = "auto") -> str:
     """``auto`` → bf16 on GPU, fp32 on CPU (bf16 on CPU only when asked for explicitly)."""
     if requested == "auto":

@@ -5,6 +5,10 @@ at the paper's settings (batch 16 at 256², batch 8 at 512²) plus CPU-sized one
 device runs it. Memory:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` during the timed calls (weights included), GB.
+* CPU: the fused nearest-code search and the heap setting of the CPU fast path are used
+  (``meditok.tokenizer.kernels``; both exact); ``fast_decoder=True`` adds the sub-pixel decoder
+  convolutions (tokens unchanged, reconstruction within ~1e-5). The record names the threads,
+  the load average and whether the fused search was active.
 * CPU: the process's peak resident set size (Linux ``VmHWM``, reset through
   ``/proc/self/clear_refs`` before each setting) and its increase over the resident size just
   before the setting (activations and workspace), GB. Falls back to a 2 ms RSS sampler when the
@@ -147,13 +151,17 @@ def parse_settings(text: str | None, native: int) -> list[tuple[int, int]]:
 def run_efficiency(models: Sequence[tuple[str, Any]], *, settings: str | None = None,
                    device: str | torch.device = "cpu", iters: int = 3, warmup: int = 1,
                    amp: bool = False, out_dir: str | Path | None = None, seed: int = 0,
-                   threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+                   threads: int | None = None, progress: bool = True,
+                   fast_decoder: bool = False) -> dict[str, Any]:
     """Measure each ``(label, model)`` at every setting; write ``efficiency.json/.md``."""
     seed_everything(seed)
-    if threads:
-        torch.set_num_threads(threads)
+    from meditok.tokenizer.kernels import cpu, fastpath, search
+
+    cpu_settings = cpu.configure(threads) if torch.device(device).type == "cpu" else {}
     rows = []
     for label, model in models:
+        if fast_decoder:
+            fastpath.enable_fast_decoder(model)
         native = int(model.config.preprocess.image_size)
         todo = parse_settings(settings, native)
         for b, s in tqdm(todo, desc=f"efficiency {label}", unit="setting", disable=not progress):
@@ -161,7 +169,8 @@ def run_efficiency(models: Sequence[tuple[str, Any]], *, settings: str | None = 
             rows.append({"model": label, "params_m": model.num_parameters() / 1e6, **r})
     result = {"rows": rows, "device": str(device), "amp_bf16": amp, "iters": iters,
               "warmup": warmup, "operation": "model.reconstruct (tokenize + detokenize)",
-              "environment": environment()}
+              "fast_decoder": fast_decoder, "cpu": {**cpu_settings, **cpu.describe()},
+              "search": search.status(), "environment": environment()}
     if out_dir is not None:
         write_results(out_dir, RESULT_NAME, result, to_markdown(result))
     return result
@@ -193,6 +202,9 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"{' (bf16 autocast)' if result['amp_bf16'] else ' (fp32)'}; "
              f"{result['iters']} timed calls after {result['warmup']} warm-up\n"
              f"* memory (GB): {'; '.join(kinds)}\n"
+             f"* CPU path: fused search {result.get('search', {}).get('fused_kernel')}, "
+             f"sub-pixel decoder {result.get('fast_decoder', False)}, load average "
+             f"{result.get('cpu', {}).get('load_avg_1_5_15')}\n"
              f"* torch {env['torch']}, {env['cpu_threads']} CPU threads"
              f"{', ' + env['cuda_device'] if 'cuda_device' in env else ''}\n")
     deltas = [r for r in result["rows"] if r.get("memory_delta_gb") is not None]

@@ -135,4 +135,4 @@ def build_lpips(cfg: TrainConfig, image_size: int) -> nn.Module | None:
         return None
     from meditok.losses import LPIPS
 
-    return LPIPS(cfg.loss.lpips_weights)
+    return LPIPS(cfg.loss.lpips_weights, precision=cfg.loss.lpips_precision)

@@ -9,6 +9,14 @@ Generator objective::
 
 ``L_G = -mean(D(DiffAug(x̂)))`` with D frozen. The discriminator's loss is the hinge loss on
 detached reconstructions plus balanced consistency regularisation.
+
+Cost of the GAN branch (``adaptive="one_backward"``, the default): L_nll and L_G reach the
+parameters only through x̂, so each is back-propagated to x̂ exactly once; the adaptive weight
+chains those two image gradients to W analytically (one small autograd call on the last layer)
+and the returned ``L_total`` feeds ``∂L_nll/∂x̂ + w_g·∂L_G/∂x̂`` straight into the decoder. The
+original formulation (``adaptive="reference"``) back-propagates through LPIPS and D twice
+(once for each ``∂/∂W`` and again in ``L_total.backward()``); both give the same weight and
+the same parameter gradients (tests/test_speed_train.py).
 """
 from __future__ import annotations
 
@@ -43,9 +51,12 @@ def align_terms(cfg: TrainConfig) -> list[AlignTerm]:
 class GeneratorLoss:
     """Computes ``L_total`` and the logged terms for one micro-batch."""
 
-    def __init__(self, cfg: TrainConfig, lpips: nn.Module | None):
+    def __init__(self, cfg: TrainConfig, lpips: nn.Module | None, adaptive: str = "one_backward"):
         from meditok.losses import ContrastiveLoss, CosineAlignmentLoss
 
+        if adaptive not in ("one_backward", "reference"):
+            raise ValueError(f"adaptive must be one_backward or reference, got {adaptive!r}")
+        self.adaptive = adaptive
         self.cfg = cfg
         self.lpips = lpips
         self.terms = align_terms(cfg)
@@ -86,20 +97,34 @@ class GeneratorLoss:
         """``L_total`` of one micro-batch and its logged terms.
 
         ``adversary(x̂)`` returns the (frozen, augmented) discriminator's logits; the GAN term
-        is added with the adaptive weight only while ``warm > 0``.
+        is added with the adaptive weight only while ``warm > 0``. The returned tensor has the
+        value of ``L_total``; back-propagating it gives the gradients of ``L_total``.
         """
-        from meditok.losses import adaptive_gan_weight, generator_adv_loss
+        from meditok.losses import (adaptive_gan_weight, adaptive_gan_weight_via_output,
+                                    generator_adv_loss)
 
         nll, loss_rec, loss_lpips = self.reconstruction(out.reconstruction, x)
         loss_align, raw_align, acc = self.alignment(out, targets)
-        total = nll + self.cfg.loss.vq * out.vq_loss.float() + loss_align
+        rest = self.cfg.loss.vq * out.vq_loss.float() + loss_align
+        total = nll + rest
         loss_g = total.new_zeros(())
         w_gan = 0.0
         if warm > 0 and adversary is not None and last_layer is not None:
-            loss_g = generator_adv_loss(adversary(out.reconstruction).float())
-            w = adaptive_gan_weight(nll, loss_g, last_layer, self.cfg.loss.gan, self.cfg.loss.gan_clamp)
-            w_gan = float(w) * warm
-            total = total + w_gan * loss_g
+            rec = out.reconstruction
+            loss_g = generator_adv_loss(adversary(rec).float())
+            if self.adaptive == "reference":
+                w = adaptive_gan_weight(nll, loss_g, last_layer, self.cfg.loss.gan, self.cfg.loss.gan_clamp)
+                w_gan = float(w) * warm
+                total = total + w_gan * loss_g
+            else:
+                w, d_nll, d_g = adaptive_gan_weight_via_output(
+                    rec, nll, loss_g, last_layer, self.cfg.loss.gan, self.cfg.loss.gan_clamp)
+                w_gan = float(w) * warm
+                grad_rec = (d_nll + w_gan * d_g).to(rec.dtype)
+                # ⟨x̂, g⟩ - ⟨x̂, g⟩.detach() is 0 in value and has gradient g at x̂: the total
+                # keeps L_total's value and its backward never re-enters LPIPS or D.
+                link = (rec * grad_rec).sum(dtype=torch.float32)
+                total = (rest + nll.detach() + w_gan * loss_g.detach()) + (link - link.detach())
         logs = {"loss_rec": float(loss_rec.detach()), "loss_lpips": float(loss_lpips.detach()),
                 "loss_vq": float(out.vq_loss.detach()), "loss_align": float(raw_align),
                 "align_acc": acc, "loss_g": float(loss_g.detach()), "w_gan": w_gan}
