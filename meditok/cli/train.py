@@ -16,42 +16,10 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
-    import yaml
+    from meditok.engine.launch import run_training
+    from meditok.tokenizer.train import TrainConfig, train
 
-    from meditok.tokenizer.train import TrainConfig, TrainingDiverged, train
-
-    overrides = list(args.overrides or [])
-    if "--print-config" in overrides:  # given after CONFIG it lands in the remainder
-        overrides.remove("--print-config")
-        args.print_config = True
-    try:
-        cfg = TrainConfig.load(args.config, overrides)
-    except ValueError as exc:
-        print(f"meditok train: error: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        return 0
-    import contextlib
-    import os
-
-    from meditok.utils.lock import output_lock
-
-    # One run per output_dir: a second launch on the same folder is refused (rank 0 holds the
-    # lock for the whole run; the other ranks of a torchrun job write nothing there).
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    try:
-        with output_lock(cfg.output_dir) if rank0 else contextlib.nullcontext():
-            result = train(cfg)
-    except TrainingDiverged as exc:
-        print(f"meditok train: stopped: {exc}", file=sys.stderr)
-        return 3
-    except ValueError as exc:
-        print(f"meditok train: error: {exc}", file=sys.stderr)
-        return 2
-    if result.get("final"):
-        print(f"final model written to {result['final']}")
-    return 0
+    return run_training(args, TrainConfig, train, "meditok train", lambda cfg: cfg.output_dir)
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,11 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Train MedITok from a YAML config; dotted overrides such as "
                     "--optim.lr 1e-4 --data.manifest corpus/manifest.csv follow the config path. "
                     "Resumes automatically from the newest checkpoint in output_dir.")
-    p.add_argument("config", help="training config YAML (see configs/)")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config (after overrides) and exit")
-    p.add_argument("overrides", nargs=argparse.REMAINDER,
-                   help="--section.key value pairs overriding the YAML")
+    from meditok.engine.launch import add_train_arguments
+
+    add_train_arguments(p)
     p.set_defaults(func=_train)
     return p
 

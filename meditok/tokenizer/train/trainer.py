@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from meditok.engine import checkpoints as ckpt_io
 from meditok.engine.distributed import DistInfo, any_rank, cleanup, init_distributed
 from meditok.engine.logs import TrainLogger
+from meditok.engine.loop import TrainingDiverged  # one exception for every trainer
 from meditok.engine.optim import WarmupCosine, build_adamw
 from meditok.tokenizer.train.components import (TrainModule, build_discriminator, build_lpips,
                                                 build_model, build_teachers)
@@ -35,10 +36,6 @@ from meditok.tokenizer.train.transfer import FORMAT, flat_trainable_state
 from meditok.utils.device import autocast, resolve_device, seed_everything
 
 LOGIT_SCALE_MAX = math.log(100.0)
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN/inf; the run stopped without writing a checkpoint."""
 
 
 class Trainer:
