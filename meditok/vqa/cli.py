@@ -1,0 +1,124 @@
+"""``meditok vqa {train,eval,ask}``: medical VQA with MedITok as the vision tower of a small LM.
+
+Examples::
+
+    meditok vqa train configs/vqa/stage_a_small.yaml
+    meditok vqa train configs/vqa/stage_b_small.yaml --loop.steps 300
+    meditok vqa eval --model meditok-vqa-small --label "MedITok-small + SmolLM2" --out results/
+    meditok vqa ask scan.jpg "Is there a fracture?"
+    meditok vqa ask --batch questions.jsonl --out answers.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_MODEL = "meditok-vqa-small"
+DEFAULT_VQA_RAD = "../shared/data/vqa_rad"
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", 0):
+        import torch
+        torch.set_num_threads(args.threads)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from meditok.engine.launch import run_training
+    from meditok.vqa.config import VQATrainConfig
+    from meditok.vqa.train import train
+
+    return run_training(args, VQATrainConfig, lambda cfg: train(cfg, progress=cfg.loop.progress),
+                        "meditok vqa train", lambda cfg: cfg.loop.output_dir, done="adapter")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from meditok.utils.lock import output_lock
+    from meditok.utils.results import pct
+    from meditok.vqa.bench import build_table, evaluate_model
+
+    _threads(args)
+    models = args.model or [DEFAULT_MODEL]
+    labels = args.label or []
+    if labels and len(labels) != len(models):
+        print("meditok vqa eval: error: give one --label per --model", file=sys.stderr)
+        return 2
+    labels = labels or models
+    with output_lock(args.out):
+        for spec, label in zip(models, labels):
+            rec = evaluate_model(spec, label, args.vqa_rad, args.out, args.device, args.batch_size,
+                                 args.overwrite, not args.quiet)
+            s = rec["scores"]
+            print(f"{label}: closed acc {pct(s['closed']['closed_accuracy'])} %, open recall "
+                  f"{pct(s['open']['open_recall'])} %, open acc {pct(s['open']['open_accuracy'])} % "
+                  f"({rec['questions']} questions, {rec['eval_wall_s']} s)")
+        result = build_table(args.vqa_rad, args.out, order=args.order or labels)
+    print(f"table with {len(result['order'])} model(s) + baselines written to {args.out}/vqa_rad.md")
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from meditok.errors import InvalidInputError
+    from meditok.vqa.ask import ask, ask_batch
+    from meditok.vqa.model import VQAModel
+
+    _threads(args)
+    if args.batch:
+        if not args.out:
+            raise InvalidInputError("--batch needs --out FILE.jsonl")
+        if args.image or args.question:
+            raise InvalidInputError("give either IMAGE QUESTION or --batch FILE, not both")
+    elif not args.image or args.question is None:
+        raise InvalidInputError("give IMAGE and QUESTION (or --batch questions.jsonl --out answers.jsonl)")
+    model = VQAModel.from_pretrained(args.model, map_location=args.device)
+    if args.batch:
+        summary = ask_batch(model, args.batch, args.out, args.overwrite, args.batch_size, not args.quiet)
+        print(f"{summary['answered']} answered, {summary['errors']} with errors → {summary['out']}")
+        return 0 if summary["answered"] or not summary["errors"] else 1
+    print(ask(model, args.image, args.question, args.modality))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``meditok vqa …`` to the top-level parser."""
+    group = subparsers.add_parser("vqa", help="medical visual question answering (LLaVA-style)",
+                                  description="MedITok as the vision tower of a small LM (paper §4.5).")
+    verbs = group.add_subparsers(dest="verb", metavar="VERB")
+    group.set_defaults(func=lambda a: (group.print_help(), 2)[1])
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+        p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = verbs.add_parser("train", help="train one stage (A: projector, B: projector + LoRA)",
+                         description="Train from a YAML config (configs/vqa/); dotted overrides such as "
+                                     "--loop.steps 100 follow the config path. Resumes from the newest "
+                                     "checkpoint in loop.output_dir.")
+    from meditok.engine.launch import add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=_train)
+
+    p = verbs.add_parser("eval", help="score adapters on the full VQA-RAD test split (+ baselines)")
+    p.add_argument("--model", action="append", help=f"adapter folder or bundled name (repeatable; default {DEFAULT_MODEL})")
+    p.add_argument("--label", action="append", help="row name per --model")
+    p.add_argument("--order", nargs="*", help="row order of the table (labels)")
+    p.add_argument("--vqa-rad", default=DEFAULT_VQA_RAD, help="VQA-RAD folder")
+    p.add_argument("--out", required=True, help="result folder (predictions, per-model JSON, vqa_rad.md)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--overwrite", action="store_true", help="re-answer even if predictions exist")
+    common(p)
+    p.set_defaults(func=_eval)
+
+    p = verbs.add_parser("ask", help="answer a question about an image (or a JSONL batch)")
+    p.add_argument("image", nargs="?", help="image file (PNG/JPEG/DICOM/…)")
+    p.add_argument("question", nargs="?", help="the question")
+    p.add_argument("--batch", help="JSONL file of {\"image\": …, \"question\": …} lines")
+    p.add_argument("--out", help="answers JSONL (with --batch)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--modality", help="modality of IMAGE (ct, mri, xray, …) when it matters for reading it")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"adapter folder or bundled name (default {DEFAULT_MODEL})")
+    p.add_argument("--batch-size", type=int, default=8)
+    common(p)
+    p.set_defaults(func=_ask)

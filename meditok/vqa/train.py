@@ -1,0 +1,180 @@
+"""The LLaVA recipe on the shared engine loop (paper App. C.2, spec §3.3).
+
+* **Stage A** — only the projector trains, on image–caption pairs (balanced corpus captions +
+  VQA-RAD descriptions of training images); the LM is frozen.
+* **Stage B** — projector + LoRA on VQA-RAD training QA pairs, starting from the stage-A
+  projector (``init_from``).
+
+Both: loss on answer tokens only, LM logits only where they predict an answer token, all
+questions of an image packed into one sequence (:mod:`meditok.vqa.data`). AdamW, warm-up +
+cosine, grad clip, accumulation, bf16 autocast on GPU / fp32 on CPU, torchrun DDP, atomic
+resumable checkpoints (adapter only, a few MB), JSONL logs and the progress bar come from
+:class:`meditok.engine.loop.Loop`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meditok.data.vqa_rad import disjoint_train, image_overlap, load_vqa_rad
+from meditok.engine.logs import read_log
+from meditok.engine.loop import Loop
+from meditok.errors import InvalidInputError
+from meditok.tokenizer.hub import load_tokenizer
+from meditok.utils.config import config_hash
+from meditok.utils.hub import WEIGHTS_NAME, read_state
+from meditok.utils.io import atomic_write_text
+from meditok.vqa.config import VQATrainConfig
+from meditok.vqa.data import (
+    FeatureTable,
+    PackedDataset,
+    caption_pairs,
+    pack_image,
+    qa_groups,
+)
+from meditok.vqa.lm import lm_identity, load_lm
+from meditok.vqa.model import VQAModel, parameter_summary
+
+CHECKPOINT_FORMAT = "meditok-vqa"
+
+
+def _loss(model, batch):
+    return model(batch)
+
+
+def build_model(cfg: VQATrainConfig, verbose: bool = True) -> VQAModel:
+    """The model of a run: tokenizer + LM named by the config, fresh projector/LoRA, the
+    stage-A projector when ``init_from`` is set."""
+    lm, text_tok = load_lm(cfg.model.lm, verbose)
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    mcfg = cfg.model
+    mcfg.meta = dict(mcfg.meta)
+    mcfg.meta["lm_identity"] = lm_identity(mcfg.lm, lm, text_tok)
+    mcfg.meta["tokenizer_identity"] = {"spec": mcfg.tokenizer, "config_hash": config_hash(tokenizer.config),
+                                       "name": tokenizer.config.meta.get("name", mcfg.tokenizer)}
+    torch.manual_seed(cfg.loop.seed)
+    model = VQAModel(mcfg, tokenizer=tokenizer, lm=lm, text_tokenizer=text_tok)
+    if cfg.init_from:
+        src = Path(cfg.init_from)
+        other = VQAModel.config_from_pretrained(src)
+        for key in ("tokenizer", "lm", "features"):
+            if getattr(other, key) != getattr(mcfg, key):
+                raise InvalidInputError(f"init_from {src}: trained with {key}={getattr(other, key)!r}, "
+                                        f"this run uses {getattr(mcfg, key)!r}")
+        model.load_projector_from(read_state(src / WEIGHTS_NAME), str(src))
+        tr = other.meta.get("training", {})
+        mcfg.meta["stage_a"] = {"path": str(src.resolve()), "stage": tr.get("stage"), "steps": tr.get("steps"),
+                                "epochs": tr.get("epochs"), "wall_time_s": tr.get("wall_time_s"),
+                                "load_average": tr.get("load_average"), "data": tr.get("data"),
+                                "final_train_loss": tr.get("final_train_loss")}
+    return model
+
+
+def build_dataset(cfg: VQATrainConfig, model: VQAModel, progress: bool = True) -> tuple[PackedDataset, dict]:
+    """Packed training sequences of the stage, their image features, and what went in."""
+    d = cfg.data
+    train = load_vqa_rad(d.vqa_rad, "train")
+    test = load_vqa_rad(d.vqa_rad, "test")
+    n_img = model.num_image_tokens
+    info: dict[str, Any] = {"stage": cfg.stage, "overlap": image_overlap(train, test)}
+    groups: dict[str, list[tuple[str, str]]]
+    modalities: dict[str, str | None] = {}
+    if cfg.stage == "A":
+        pairs, stats = caption_pairs(d.manifest or None, train, test, d.per_caption, d.vqa_descriptions,
+                                     d.stage_a_drop_test_images or d.image_disjoint, cfg.loop.seed)
+        groups = {}
+        for p in pairs:
+            groups.setdefault(p.image, []).append((model.config.prompt.caption_question, p.caption))
+            modalities[p.image] = p.modality
+        info.update({"pairs": len(pairs), "corpus_pairs": stats.corpus_pairs,
+                     "vqa_descriptions": stats.vqa_descriptions,
+                     "dropped_test_images": stats.dropped_test_images,
+                     "distinct_captions": len(stats.per_caption)})
+    else:
+        items = disjoint_train(train, test) if d.image_disjoint else train
+        groups = qa_groups(items)
+        modalities = {k: None for k in groups}
+        info.update({"qa": len(items), "images": len(groups), "image_disjoint": d.image_disjoint})
+    if not groups:
+        raise InvalidInputError("no training pairs (check data.manifest / data.vqa_rad)")
+    features = None
+    if model.config.use_image:
+        pre = model.tower.tokenizer.config.preprocess
+        features = FeatureTable(model.tower, modalities, pre, d.feature_batch, progress)
+        info["feature_skipped"] = [str(e) for e in features.skipped]
+    seqs = []
+    for image, qas in groups.items():
+        if features is not None and image not in features:
+            continue
+        seqs += pack_image(model.prompt, image if features is not None else None, qas, n_img,
+                           d.max_tokens, d.pack)
+    info.update({"sequences": len(seqs), "tokens": sum(len(s) for s in seqs),
+                 "answer_tokens": sum(sum(s.answer) for s in seqs)})
+    pad = model.text_tokenizer.pad_token_id
+    return PackedDataset(seqs, model.prompt.end_id if pad is None else int(pad), features), info
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _sessions(out_dir: Path, record: dict | None = None) -> list[dict]:
+    """Wall time of every (resumed) session of a run, kept in ``sessions.jsonl``."""
+    path = out_dir / "sessions.jsonl"
+    rows = read_log(path) if path.exists() else []
+    if record is not None:
+        rows.append(record)
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def train(cfg: VQATrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one stage; write the trained adapter; return a summary."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0, load0 = time.time(), _load()
+    model = build_model(cfg, verbose=progress)
+    dataset, info = build_dataset(cfg, model, progress)
+    if len(dataset) < cfg.loop.batch_size:
+        raise InvalidInputError(f"{len(dataset)} sequences < loop.batch_size {cfg.loop.batch_size}")
+    out_dir = Path(cfg.loop.output_dir)
+    loop = Loop(model, _loss, dataset, cfg.loop, fmt=CHECKPOINT_FORMAT, collate=dataset.collate,
+                run_config=cfg.to_dict())
+    try:
+        result = loop.fit()
+    finally:
+        loop.close()
+    if not loop.dist.is_main:
+        return result
+    wall = time.time() - t0
+    previous = _sessions(out_dir)
+    step0 = previous[-1]["to_step"] if previous else 0
+    sessions = _sessions(out_dir, {"start": t0, "wall_s": round(wall, 1), "from_step": step0,
+                                   "to_step": result["step"], "load_start": load0, "load_end": _load()})
+    per_epoch = len(dataset) / (cfg.loop.batch_size * cfg.loop.grad_accum * loop.dist.world_size)
+    final = Path(cfg.output or out_dir / "final")
+    model.config.meta["training"] = {
+        "stage": cfg.stage, "name": cfg.name, "data": info, "steps": result["step"],
+        "epochs": round(result["step"] / per_epoch, 2),
+        "batch_sequences": cfg.loop.batch_size * cfg.loop.grad_accum * loop.dist.world_size,
+        "lr": cfg.loop.lr, "final_train_loss": (result.get("train") or {}).get("loss"),
+        "parameters": parameter_summary(model), "command": " ".join(sys.argv),
+        "wall_time_s": round(sum(s["wall_s"] for s in sessions), 1), "sessions": len(sessions),
+        "load_average": [s.get("load_start") for s in sessions] + [sessions[-1].get("load_end")],
+        "machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+        "device": str(loop.device), "precision": loop.precision,
+    }
+    model.save_pretrained(final)
+    result.update({"final": str(final), "data": info})
+    return result

@@ -1,0 +1,117 @@
+"""VQA answer normaliser and metrics (hand-made cases), and the VQA-RAD reader on the real data."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meditok.data.vqa_rad import (
+    QUESTION_TYPES,
+    description,
+    disjoint_train,
+    image_overlap,
+    load_vqa_rad,
+    majority_answers,
+    question_types,
+)
+from meditok.errors import InvalidInputError
+from meditok.metrics.text import exact_match, normalize_answer, token_recall, vqa_scores
+
+
+@pytest.mark.parametrize("raw, norm", [
+    ("Yes.", "yes"), ("  NO ", "no"), ("The left lung", "left lung"), ("a mass", "mass"),
+    ("two", "2"), ("Two lesions", "2 lesions"), ("X-ray", "x-ray"), ("T1/T2", "t1/t2"),
+    ("2.5 cm", "2.5 cm"), ("Right-sided (pleural) effusion!", "right-sided pleural effusion"),
+    ("no, there is not", "no there is not"), (4, "4"), ("ｙｅｓ", "yes"),
+])
+def test_normalize_answer(raw, norm):
+    assert normalize_answer(raw) == norm
+
+
+def test_exact_match_and_recall_hand_cases():
+    assert exact_match("Yes", "yes.") == 1.0
+    assert exact_match("yes, there is", "yes") == 0.0
+    assert exact_match("the liver", "Liver") == 1.0
+    # recall: share of ground-truth tokens in the prediction
+    assert token_recall("left lung mass", "left lung") == 1.0
+    assert token_recall("lung", "left lung") == 0.5
+    assert token_recall("right kidney", "left lung") == 0.0
+    assert token_recall("The Liver.", "liver") == 1.0
+    # multiset matching: one 'left' in the prediction covers one of two
+    assert token_recall("left", "left left") == 0.5
+    assert token_recall("", "") == 1.0 and token_recall("x", "") == 0.0
+
+
+def test_vqa_scores_groups():
+    items = [
+        {"answer": "yes", "answer_type": "CLOSED", "question_types": ["PRES"]},
+        {"answer": "no", "answer_type": "CLOSED", "question_types": ["PRES", "POS"]},
+        {"answer": "left lung", "answer_type": "OPEN", "question_types": ["POS"]},
+        {"answer": "ct", "answer_type": "OPEN", "question_types": ["MODALITY"]},
+    ]
+    preds = ["Yes.", "yes", "lung", "CT"]
+    s = vqa_scores(items, preds)
+    assert s["closed"]["closed_accuracy"] == 0.5 and s["closed"]["n"] == 2
+    assert s["open"]["open_recall"] == pytest.approx((0.5 + 1.0) / 2)
+    assert s["open"]["open_accuracy"] == 0.5
+    assert s["overall"]["accuracy"] == pytest.approx(2 / 4)
+    pos = s["by_question_type"]["POS"]  # the two-type question counts under PRES and POS
+    assert pos["n"] == 2 and pos["closed_accuracy"] == 0.0 and pos["open_recall"] == 0.5
+    assert s["by_question_type"]["PRES"]["n"] == 2
+    assert s["by_question_type"]["MODALITY"]["closed_accuracy"] is None
+    with pytest.raises(ValueError):
+        vqa_scores(items, preds[:2])
+
+
+def test_question_types_canonical():
+    assert question_types("PRES, ATTRIB") == ("PRES", "ATTRIB")
+    assert question_types("ATRIB") == ("ATTRIB",) and question_types("PRSE") == ("PRES",)
+    assert question_types("Other") == ("OTHER",) and question_types(" ") == ("OTHER",)
+
+
+def test_vqa_rad_reader_real(shared_data):
+    root = shared_data / "vqa_rad"
+    train, test = load_vqa_rad(root, "train"), load_vqa_rad(root, "test")
+    # the dataset's documented sizes (shared/data/README.md)
+    assert len(train) == 3064 and len(test) == 451
+    assert sum(it.closed for it in test) == 272 and sum(not it.closed for it in test) == 179
+    assert {it.answer_type for it in train} == {"CLOSED", "OPEN"}  # "CLOSED " stripped
+    assert sum(it.closed for it in train) == 1823
+    assert all(isinstance(it.answer, str) and it.answer for it in train + test)  # int answers cast
+    assert {t for it in train + test for t in it.question_types} <= set(QUESTION_TYPES)
+    raw = json.loads((root / "trainset.json").read_text())
+    assert any(isinstance(r["answer"], int) for r in raw)
+    ov = image_overlap(train, test)
+    # VQA-RAD re-uses images: every test image is a training image
+    assert ov["test_images_in_train_by_name"] == ov["test_images"] == 203
+    assert ov["test_images_in_train_by_md5"] == 203
+    dis = disjoint_train(train, test)
+    test_names = {it.image_name for it in test}
+    assert dis and not {it.image_name for it in dis} & test_names
+    assert len({it.image_name for it in dis}) == 314 - 203
+    major = majority_answers(train)
+    closed = [it for it in test if it.closed]
+    assert major["CLOSED"] == "no"
+    rate = sum(normalize_answer(it.answer) == "no" for it in closed) / len(closed)
+    assert 0.45 < rate < 0.55
+
+
+def test_vqa_rad_reader_errors(tmp_path):
+    with pytest.raises(InvalidInputError, match="trainset.json"):
+        load_vqa_rad(tmp_path, "train")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "testset.json").write_text(json.dumps([{"qid": 1, "image_name": "x.jpg", "answer": "yes",
+                                                        "answer_type": "CLOSED", "question": "q?"}]))
+    with pytest.raises(InvalidInputError, match="x.jpg"):
+        load_vqa_rad(tmp_path, "test")
+    with pytest.raises(InvalidInputError, match="split"):
+        load_vqa_rad(tmp_path, "val")
+
+
+def test_description_uses_only_own_answers(shared_data):
+    train = load_vqa_rad(shared_data / "vqa_rad", "train")
+    name = next(it.image_name for it in train if "MODALITY" in it.question_types and not it.closed)
+    items = [it for it in train if it.image_name == name]
+    text = description(items[0].organ, items)
+    modality = next(it.answer.lower() for it in items if "MODALITY" in it.question_types and not it.closed)
+    assert modality in text and text.startswith("This is")
