@@ -269,3 +269,11 @@ class Loop:
 
     def close(self) -> None:
         cleanup(self.dist)
+
+    def run(self) -> dict[str, Any]:
+        """:meth:`fit`, then :meth:`close` however it ends (the process group must not outlive
+        a failed run: torchrun would wait for it)."""
+        try:
+            return self.fit()
+        finally:
+            self.close()

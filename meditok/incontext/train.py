@@ -128,10 +128,7 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
     evaluate = _monitor(sampler, cfg.data.val_episodes, cfg.loop.seed)
     loop = Loop(model, make_loss(cfg), dataset, cfg.loop, fmt=CHECKPOINT_FORMAT[cfg.kind], collate=collate,
                 run_config=cfg.to_dict(), evaluate=evaluate)
-    try:
-        result = loop.fit()
-    finally:
-        loop.close()
+    result = loop.run()
     if not loop.dist.is_main:
         return result
     final = Path(cfg.output or Path(cfg.loop.output_dir) / "final")

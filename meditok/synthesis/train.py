@@ -87,10 +87,7 @@ def train(cfg: SynthConfig) -> dict[str, Any]:
     evaluate = _validation(shards.split(val_split), conditions, cfg.data.val_items, cfg.loop.seed)
     loop = Loop(model, _loss, dataset, cfg.loop, fmt=CHECKPOINT_FORMAT, collate=collate,
                 run_config=cfg.to_dict(), evaluate=evaluate)
-    try:
-        result = loop.fit()
-    finally:
-        loop.close()
+    result = loop.run()
     if not loop.dist.is_main:
         return result
     final = Path(cfg.output or Path(cfg.loop.output_dir) / "final")

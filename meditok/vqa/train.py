@@ -151,10 +151,7 @@ def train(cfg: VQATrainConfig, progress: bool = True) -> dict[str, Any]:
     out_dir = Path(cfg.loop.output_dir)
     loop = Loop(model, _loss, dataset, cfg.loop, fmt=CHECKPOINT_FORMAT, collate=dataset.collate,
                 run_config=cfg.to_dict())
-    try:
-        result = loop.fit()
-    finally:
-        loop.close()
+    result = loop.run()
     if not loop.dist.is_main:
         return result
     wall = time.time() - t0
