@@ -85,3 +85,13 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
                 p.unlink()
                 removed.append(p)
     return removed
+
+
+def cache_root() -> Path:
+    """Root of meditok's user cache, for things derived once per machine (de-quantised LMs,
+    compiled kernels): ``$MEDITOK_CACHE``, else ``$XDG_CACHE_HOME/meditok``, else
+    ``~/.cache/meditok``. Never inside the package or a result folder."""
+    if os.environ.get("MEDITOK_CACHE"):
+        return Path(os.environ["MEDITOK_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "meditok"

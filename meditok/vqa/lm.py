@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from meditok.errors import CheckpointError, MissingDependencyError
+from meditok.utils.io import cache_root
 from meditok.utils.lazy import package_dir, require
 
 EXTRA = "vqa"
@@ -76,15 +77,6 @@ PACKAGED_LMS: dict[str, PackagedLM] = {
         licence="Gemma Terms of Use", template="<image>Question: {question}\nAnswer:",
         description="Gemma 3 270M base (google/gemma-3-270m), GGUF Q4_K_M de-quantised to fp32"),
 }
-
-
-def cache_root() -> Path:
-    """Root of meditok's user cache (``$MEDITOK_CACHE``, else ``$XDG_CACHE_HOME/meditok``,
-    else ``~/.cache/meditok``)."""
-    if os.environ.get("MEDITOK_CACHE"):
-        return Path(os.environ["MEDITOK_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "meditok"
 
 
 def is_packaged(spec: str) -> bool:

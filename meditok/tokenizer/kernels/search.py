@@ -17,7 +17,7 @@ the quantiser's original lookup) returns:
 The extension is never compiled at import: ``python -m meditok.tokenizer.kernels build`` (run by
 ``scripts/install.sh``) caches a ``.so`` whose name carries the torch version, the platform
 and the source hash, first in ``_ext/`` next to this file, else in the user cache
-(``$MEDITOK_CACHE_DIR`` or ``$XDG_CACHE_HOME/meditok`` or ``~/.cache/meditok``, subfolder
+(``meditok.utils.io.cache_root()``: ``$MEDITOK_CACHE``, ``$XDG_CACHE_HOME/meditok`` or ``~/.cache/meditok``, subfolder
 ``ext``). Without it the reference runs and one warning line says so. ``MEDITOK_FUSED_SEARCH``:
 ``0`` disables the kernel (no warning), ``build`` compiles it on first use if missing,
 ``trust`` skips the probe (the kernel's arithmetic is then the definition: the same tokens on
@@ -37,6 +37,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from meditok.utils.io import cache_root
 
 __all__ = ["LOOKUP_ROWS", "nearest_codes", "reference_nearest_codes", "build", "load_extension",
            "extension_available", "library_name", "library_path", "bmm_is_sequential_fma", "status"]
@@ -90,14 +92,7 @@ def library_name() -> str:
 
 
 def _cache_dirs() -> list[Path]:
-    dirs = [Path(__file__).resolve().parent / "_ext"]
-    root = os.environ.get("MEDITOK_CACHE_DIR")
-    if root:
-        dirs.append(Path(root) / "ext")
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        dirs.append((Path(xdg) if xdg else Path.home() / ".cache") / "meditok" / "ext")
-    return dirs
+    return [Path(__file__).resolve().parent / "_ext", cache_root() / "ext"]
 
 
 def library_path() -> Path | None:
