@@ -21,7 +21,6 @@ in-context family prompts with three images and generates the fourth).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meditok.errors import InvalidInputError
-from meditok.utils.config import Config
+from meditok.utils.config import Config, choose_preset
 from meditok.utils.hub import PretrainedMixin
 
 
@@ -95,11 +94,7 @@ def gpt_preset(name: str, **overrides: Any) -> GPTConfig:
                            share_embeddings=True),
         "B": GPTConfig(),
     }
-    if name not in presets:
-        raise ValueError(f"unknown GPT preset {name!r}; choose one of {sorted(presets)}")
-    cfg = dataclasses.replace(presets[name], **overrides)
-    cfg.validate()
-    return cfg
+    return choose_preset(presets, name, "GPT", **overrides)
 
 
 # ----------------------------------------------------------------------------- positions

@@ -2,7 +2,6 @@
 ignored) and the trivial in-context baseline "copy the prompt label" (Ŷ = P_y)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from meditok.incontext.model import (
     QUERY_LABEL,
     _mvg_preprocess,
 )
-from meditok.utils.config import Config
+from meditok.utils.config import Config, choose_preset
 from meditok.utils.hub import PretrainedMixin
 
 
@@ -46,11 +45,7 @@ class UNetConfig(Config):
 def unet_preset(name: str, **overrides: Any) -> UNetConfig:
     presets = {"tiny": UNetConfig(cell=32, base=8, levels=3), "small": UNetConfig(base=16, levels=4),
                "base": UNetConfig(base=32, levels=4)}
-    if name not in presets:
-        raise ValueError(f"unknown U-Net preset {name!r}; choose one of {sorted(presets)}")
-    cfg = dataclasses.replace(presets[name], **overrides)
-    cfg.validate()
-    return cfg
+    return choose_preset(presets, name, "U-Net", **overrides)
 
 
 class UNet(PretrainedMixin, nn.Module):

@@ -47,7 +47,7 @@ from torch import nn
 from meditok.data.preprocess import PreprocessConfig
 from meditok.errors import InvalidInputError
 from meditok.incontext.layers import Block, LayerNorm2d, conv_block
-from meditok.utils.config import Config
+from meditok.utils.config import Config, choose_preset
 from meditok.utils.hub import PretrainedMixin
 
 #: Canvas cells in raster order.
@@ -124,11 +124,7 @@ def mvg_preset(name: str, **overrides: Any) -> MVGConfig:
         "base": MVGConfig(cell=64, patch=8, dim=384, depth=12, heads=6, stem_widths=(32, 64, 128), dec_dim=128,
                           drop_path=0.1),
     }
-    if name not in presets:
-        raise ValueError(f"unknown MVG preset {name!r}; choose one of {sorted(presets)}")
-    cfg = dataclasses.replace(presets[name], **overrides)
-    cfg.validate()
-    return cfg
+    return choose_preset(presets, name, "MVG", **overrides)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -23,6 +23,18 @@ def generator_adv_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return -logits_fake.mean()
 
 
+def _weight_from_grads(nll_grad: torch.Tensor, g_grad: torch.Tensor, base: float,
+                       clamp: tuple[float, float], eps: float) -> torch.Tensor:
+    """``base * clamp(||∂nll/∂W|| / (||∂g/∂W|| + eps))`` from the two W-gradients, averaged
+    over the ranks first under DDP (one weight for every rank)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for grad in (nll_grad, g_grad):
+            dist.all_reduce(grad)
+            grad.div_(dist.get_world_size())
+    ratio = nll_grad.norm() / (g_grad.norm() + eps)
+    return (base * ratio.clamp(clamp[0], clamp[1])).detach()
+
+
 def adaptive_gan_weight(
     nll_loss: torch.Tensor,
     g_loss: torch.Tensor,
@@ -43,12 +55,7 @@ def adaptive_gan_weight(
     """
     nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0].float()
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0].float()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for grad in (nll_grad, g_grad):
-            dist.all_reduce(grad)
-            grad.div_(dist.get_world_size())
-    ratio = nll_grad.norm() / (g_grad.norm() + eps)
-    return (base * ratio.clamp(clamp[0], clamp[1])).detach()
+    return _weight_from_grads(nll_grad, g_grad, base, clamp, eps)
 
 
 def adaptive_gan_weight_via_output(
@@ -78,12 +85,7 @@ def adaptive_gan_weight_via_output(
     g_out = torch.autograd.grad(g_loss, reconstruction)[0]
     nll_grad = torch.autograd.grad(reconstruction, last_layer, nll_out, retain_graph=True)[0].float()
     g_grad = torch.autograd.grad(reconstruction, last_layer, g_out, retain_graph=True)[0].float()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for grad in (nll_grad, g_grad):
-            dist.all_reduce(grad)
-            grad.div_(dist.get_world_size())
-    ratio = nll_grad.norm() / (g_grad.norm() + eps)
-    return (base * ratio.clamp(clamp[0], clamp[1])).detach(), nll_out.detach(), g_out.detach()
+    return _weight_from_grads(nll_grad, g_grad, base, clamp, eps), nll_out.detach(), g_out.detach()
 
 
 def disc_warmup(step: int, warmup_steps: int) -> float:

@@ -191,3 +191,13 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
             i += 2
         pairs[key.replace("-", "_")] = value
     return pairs
+
+
+def choose_preset(presets: dict[str, C], name: str, what: str, **overrides: Any) -> C:
+    """A validated copy of ``presets[name]`` with dataclass-field ``overrides``; an unknown
+    name is a ``ValueError`` listing the known ones (``what`` names the kind, e.g. ``GPT``)."""
+    if name not in presets:
+        raise ValueError(f"unknown {what} preset {name!r}; choose one of {sorted(presets)}")
+    cfg = dataclasses.replace(presets[name], **overrides)
+    cfg.validate()
+    return cfg

@@ -50,6 +50,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
+#: What reading a damaged, foreign or pickled-code weights file raises.
+_READ_ERRORS = (SafetensorError, RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError)
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return CheckpointError(f"{path}: cannot read weights (not a torch/safetensors "
+                           f"checkpoint, or not loadable with weights_only=True: {reason})")
+
+
+def _check_mapping(path: Path, obj: Any) -> None:
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+
+
 def read_state(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch file loaded with ``weights_only=True``."""
     path = Path(path)
@@ -57,13 +72,9 @@ def read_state(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError,
-            pickle.UnpicklingError) as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot read weights (not a torch/safetensors "
-                              f"checkpoint, or not loadable with weights_only=True: {reason})") from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from None
+    _check_mapping(path, obj)
     return dict(obj)
 
 
@@ -81,13 +92,9 @@ def read_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # legacy (non-zip) torch files cannot be memory-mapped
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError,
-            pickle.UnpicklingError) as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: cannot read weights (not a torch/safetensors "
-                              f"checkpoint, or not loadable with weights_only=True: {reason})") from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from None
+    _check_mapping(path, obj)
     return {k: tuple(v.shape) for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
