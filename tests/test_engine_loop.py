@@ -84,3 +84,20 @@ def test_foreign_checkpoint_and_nan_stop(tmp_path):
     with pytest.raises(TrainingDiverged, match="non-finite loss at step 1"):
         Loop(nn.Linear(8, 1), boom, _data(), cfg, fmt="test-v1").fit()
     assert latest_checkpoint(tmp_path / "nan") is None
+
+
+def test_resume_with_more_steps_follows_the_longer_schedule(tmp_path):
+    """Raising loop.steps and resuming stretches the cosine to the new total (it used to restore
+    the old total from the checkpoint and train every added step at the final LR)."""
+    _loop(tmp_path / "run", 10).fit()
+    longer = _loop(tmp_path / "run", 20)
+    longer.fit()
+    assert longer.resumed_from == tmp_path / "run" / "ckpt-step00000010.pt"
+    lrs = {r["step"]: r["lr"] for r in read_log(tmp_path / "run" / "train_log.jsonl") if "lr" in r}
+    fresh = _loop(tmp_path / "fresh", 20)
+    fresh.fit()
+    ref = {r["step"]: r["lr"] for r in read_log(tmp_path / "fresh" / "train_log.jsonl") if "lr" in r}
+    assert lrs[10] == pytest.approx(0.1 * 0.1)  # the 10-step run ended at min_lr_ratio x peak
+    for step in range(11, 21):  # the added steps: the 20-step schedule's LR, not the old final one
+        assert lrs[step] == pytest.approx(ref[step])
+    assert lrs[11] > 3 * lrs[10]

@@ -15,7 +15,7 @@ from PIL import Image
 from meditok.cli import main as cli_main
 from meditok.data.token_shards import load_token_shards, pretokenize, save_token_shards
 from meditok.errors import CheckpointError, InvalidInputError
-from meditok.gpt import GPT, gpt_preset
+from meditok.gpt import GPT, gpt_preset, gumbel_noise, sample_logits
 from meditok.synthesis.config import SynthConfig
 from meditok.synthesis.data import ConditionedTokens, build_conditions
 from meditok.synthesis.model import Synthesizer, gpt_config
@@ -227,6 +227,29 @@ def test_tiny_gpt_overfits_real_token_maps_and_reproduces_them_greedily(corpus, 
         assert torch.equal(synth.sample_tokens(m, 1, temperature=0.0), want), m
 
 
+def test_gumbel_top_k_equals_masking_first_with_the_same_noise():
+    """The fast top-k path (winner kept where it is inside the top-k set, re-drawn over the
+    set elsewhere) is the plain "mask, then Gumbel-argmax" draw with the same noise, row for
+    row, and its frequencies are the renormalised top-k softmax."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4000, 300, generator=g) * torch.linspace(0.1, 4, 4000)[:, None]  # flat .. peaked
+    top_k = 20
+    noise = gumbel_noise(logits.shape, torch.Generator().manual_seed(7), logits.device, logits.dtype)
+    kth = torch.topk(logits, top_k, -1).values[:, -1:]
+    want = (logits + noise).masked_fill(logits < kth, float("-inf")).argmax(-1)
+    got = sample_logits(logits, 1.0, top_k, 1.0, torch.Generator().manual_seed(7), sampler="gumbel")
+    assert torch.equal(got, want)
+    winner = (logits + noise).argmax(-1, keepdim=True)
+    outside = (logits > logits.gather(-1, winner)).sum(-1) >= top_k
+    assert 0 < int(outside.sum()) < len(outside)  # both branches ran
+    row = torch.randn(1, 40, generator=g).repeat(40000, 1)
+    draws = sample_logits(row, 0.8, 6, 1.0, g, sampler="gumbel")
+    top = torch.topk(row[0], 6)
+    want_p = (top.values / 0.8).softmax(-1)
+    freq = torch.bincount(draws, minlength=40).float()[top.indices] / len(draws)
+    assert float(freq.sum()) == 1.0 and (freq - want_p).abs().max() < 0.01
+
+
 @pytest.mark.parametrize("sampler", ["gumbel", "inverse_cdf"])
 def test_fast_samplers_draw_the_distribution_and_respect_top_k(sampler):
     """The family's sampler (Gumbel-max) and inverse-CDF: the softmax distribution (as
@@ -234,13 +257,13 @@ def test_fast_samplers_draw_the_distribution_and_respect_top_k(sampler):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(1, 50, generator=g).repeat(20000, 1) * 2
     probs = logits[0].softmax(-1)
-    draws = GPT._sample(logits, 1.0, 0, 1.0, g, sampler=sampler)
+    draws = sample_logits(logits, 1.0, 0, 1.0, g, sampler=sampler)
     freq = torch.bincount(draws, minlength=50).float() / len(draws)
     assert (freq - probs).abs().max() < 0.015
     kept = torch.topk(logits[0], 5).indices
-    draws = GPT._sample(logits, 0.7, 5, 1.0, g, sampler=sampler)
+    draws = sample_logits(logits, 0.7, 5, 1.0, g, sampler=sampler)
     assert set(draws.unique().tolist()) <= set(kept.tolist())
-    nucleus = GPT._sample(logits, 1.0, 0, 0.5, g, sampler=sampler)
+    nucleus = sample_logits(logits, 1.0, 0, 0.5, g, sampler=sampler)
     order = probs.argsort(descending=True)
     allowed = order[:int((probs[order].cumsum(0) < 0.5).sum()) + 1]
     assert set(nucleus.unique().tolist()) <= set(allowed.tolist())

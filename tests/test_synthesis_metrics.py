@@ -93,6 +93,18 @@ def test_synth_eval_end_to_end(tmp_path, shared_data):
         assert gen[m]["n"] == floor[m]["n"] == 4
         assert np.isfinite(gen[m]["gfid"]) and np.isfinite(floor[m]["gfid"])
         assert 0.0 <= gen[m]["diversity"] <= 1.0 and gen[m]["cond_acc"] is not None
+        assert 0.0 <= gen[m]["cond_acc_ceiling"] <= 1.0 and gen[m]["cond_acc_raw"] is not None
     assert result["summary"]["real-vs-real floor"]["cond_acc_avg"] > 1 / 3
+    # the round-trip classifier's features are the reconstructions' (cached under the tokenizer's
+    # identity), not the originals'
+    recon_cache = list(tmp_path.glob("feats.recon-*.pt"))
+    assert len(recon_cache) == 1
+    raw, rt = torch.load(tmp_path / "feats.pt"), torch.load(recon_cache[0])
+    common = sorted(set(raw["paths"]) & set(rt["paths"]))
+    assert common
+    fr = dict(zip(raw["paths"], raw["features"]))
+    fx = dict(zip(rt["paths"], rt["features"]))
+    assert all(not torch.allclose(fr[q], fx[q]) for q in common[:5])
+    assert "round trip" in (tmp_path / "ev" / "synthesis_eval.md").read_text()
     assert (tmp_path / "ev" / "synthesis_eval.md").is_file() and (tmp_path / "ev" / "grid_tiny_xray.png").is_file()
     assert (tmp_path / "feats.pt").is_file()

@@ -71,11 +71,22 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
         return warmup_cosine(max(0, step - self.start), max(1, self.total - self.start),
                              self.warmup, self.min_ratio)
 
+    #: Rebuilt from the config, never restored: a run resumed with a raised ``loop.steps``
+    #: continues on the cosine of the new length (LambdaLR would otherwise restore the old total
+    #: from its ``__dict__`` and hold the final LR for every added step).
+    _FROM_CONFIG = ("lr_lambdas", "total", "warmup", "min_ratio", "start")
+
     def state_dict(self) -> dict:
-        # The lambda is rebuilt from the config; only the counters are state.
-        return {k: v for k, v in super().state_dict().items() if k != "lr_lambdas"}
+        # only the counters (last_epoch, base_lrs, ...) are state
+        return {k: v for k, v in super().state_dict().items() if k not in self._FROM_CONFIG}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        state = dict(state_dict)
-        state.setdefault("lr_lambdas", [None] * len(self.optimizer.param_groups))
+        # checkpoints written before _FROM_CONFIG existed carry the old schedule: drop it
+        state = {k: v for k, v in state_dict.items() if k not in self._FROM_CONFIG}
+        state["lr_lambdas"] = [None] * len(self.optimizer.param_groups)
         super().load_state_dict(state)
+        # the optimiser's restored LR belongs to the old schedule; set this one's (the same
+        # value, bit for bit, when the schedule did not change)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self._factor(self.last_epoch)
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from meditok.utils.cliargs import add_runtime_arguments, apply_threads
+
 
 def _train(args: argparse.Namespace) -> int:
     from meditok.engine.launch import run_training
@@ -35,9 +37,7 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
 def _eval(args: argparse.Namespace) -> int:
     from meditok.incontext.bench import run_evaluation
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     models = args.model or ["meditok-mvg-small"]
     labels = args.label or []
     if labels and len(labels) != len(models):
@@ -54,9 +54,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from meditok.incontext.run import run_incontext
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     res = run_incontext(args.prompt_image, args.prompt_label, args.query, args.out, task=args.task,
                         model=args.model, mode=args.mode, scale=args.scale, prompt_select=args.prompt_select,
                         modality=args.modality, overwrite=args.overwrite, device=args.device)
@@ -100,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="../shared/data")
     p.add_argument("--max-cases", type=int, default=0, help="first N test cases per set (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
+    add_runtime_arguments(p, device=False, quiet=False)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_eval)
@@ -120,8 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "512 px CT 0.25)")
     p.add_argument("--prompt-select", default="position", choices=["position", "random", "nearest"])
     p.add_argument("--modality", default=None, help="modality hint (ct turns 16-bit / NIfTI values into HU)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0)
+    add_runtime_arguments(p, quiet=False)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_run)
 

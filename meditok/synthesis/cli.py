@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 
+from meditok.utils.cliargs import add_runtime_arguments, apply_threads
+
 
 def _pretokenize(args: argparse.Namespace) -> int:
     from meditok.data.token_shards import describe_tokenizer, pretokenize
     from meditok.tokenizer.hub import load_tokenizer
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     tok = load_tokenizer(args.tokenizer, args.device)
     index = pretokenize(args.manifest, tok, args.out, spec=args.tokenizer, splits=args.split,
                         shard_size=args.shard_size, batch_size=args.batch_size,
@@ -47,9 +47,7 @@ def _sample(args: argparse.Namespace) -> int:
     from meditok.synthesis.model import Synthesizer, resolve_conditions
     from meditok.synthesis.sample import sample_to_folder
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     synth = Synthesizer.load(args.generator, args.tokenizer, args.device)
     conds = resolve_conditions(synth, args.condition)
     record = sample_to_folder(synth, conds, args.n, args.out, seed=args.seed, batch_size=args.batch_size,
@@ -63,9 +61,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from meditok.synthesis.bench import EvalConfig, run_evaluation
 
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     cfg = EvalConfig(n=args.n, ref_cap=args.ref_cap, seed=args.seed, batch_size=args.batch_size,
                      device=args.device, features_cache=args.features_cache, grid_n=args.grid_n)
     labels = args.label or []
@@ -94,11 +90,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verbs = group.add_subparsers(dest="verb", metavar="VERB")
     group.set_defaults(func=lambda a: (group.print_help(), 2)[1])
 
-    def device(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-        p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-
     p = verbs.add_parser("pretokenize", help="tokenise every image of a manifest into token shards")
     p.add_argument("manifest", help="corpus manifest (.csv / .parquet)")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory, bundled name or preset:NAME")
@@ -107,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--overwrite", action="store_true", help="replace shards of another tokenizer/manifest")
-    device(p)
+    add_runtime_arguments(p)
     p.set_defaults(func=_pretokenize)
 
     p = verbs.add_parser("train", help="train or resume a conditional GPT on token shards",
@@ -136,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="default: the tokenizer the generator records")
     p.add_argument("--overwrite", action="store_true")
     sampling(p)
-    device(p)
+    add_runtime_arguments(p)
     p.set_defaults(func=_sample)
 
     p = verbs.add_parser("bundle", help="copy a trained generator with fp16 weights and a model card")
@@ -162,5 +153,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--features-cache", default=None, help="file caching the real images' features")
     p.add_argument("--overwrite", action="store_true")
     sampling(p)
-    device(p)
+    add_runtime_arguments(p)
     p.set_defaults(func=_eval)

@@ -32,7 +32,7 @@ DEFAULT_GENERATOR = "meditok-gpt-small"
 CHECKPOINT_FORMAT = "meditok-synth-v1"
 #: How :class:`Synthesizer` draws codes: Gumbel-max, exact like multinomial and ~1.4x faster on
 #: CPU; unlike inverse-CDF it keeps KV-cached and recomputed sampling identical for a seed on a
-#: trained generator (inverse-CDF parted in 2 of 32 images, see meditok.gpt._gumbel_max).
+#: trained generator (inverse-CDF parted in 2 of 32 images, see meditok.gpt.sampling).
 SAMPLER = "gumbel"
 
 

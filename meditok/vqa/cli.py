@@ -11,16 +11,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+
+from meditok.utils.cliargs import add_runtime_arguments, apply_threads
 import sys
 
 DEFAULT_MODEL = "meditok-vqa-small"
 DEFAULT_VQA_RAD = "../shared/data/vqa_rad"
-
-
-def _threads(args: argparse.Namespace) -> None:
-    if getattr(args, "threads", 0):
-        import torch
-        torch.set_num_threads(args.threads)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -37,7 +33,7 @@ def _eval(args: argparse.Namespace) -> int:
     from meditok.utils.results import pct
     from meditok.vqa.bench import build_table, evaluate_model
 
-    _threads(args)
+    apply_threads(args)
     models = args.model or [DEFAULT_MODEL]
     labels = args.label or []
     if labels and len(labels) != len(models):
@@ -62,7 +58,7 @@ def _ask(args: argparse.Namespace) -> int:
     from meditok.vqa.ask import ask, ask_batch
     from meditok.vqa.model import VQAModel
 
-    _threads(args)
+    apply_threads(args)
     if args.batch:
         if not args.out:
             raise InvalidInputError("--batch needs --out FILE.jsonl")
@@ -86,11 +82,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verbs = group.add_subparsers(dest="verb", metavar="VERB")
     group.set_defaults(func=lambda a: (group.print_help(), 2)[1])
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-        p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-
     p = verbs.add_parser("train", help="train one stage (A: projector, B: projector + LoRA)",
                          description="Train from a YAML config (configs/vqa/); dotted overrides such as "
                                      "--loop.steps 100 follow the config path. Resumes from the newest "
@@ -108,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="result folder (predictions, per-model JSON, vqa_rad.md)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="re-answer even if predictions exist")
-    common(p)
+    add_runtime_arguments(p)
     p.set_defaults(func=_eval)
 
     p = verbs.add_parser("ask", help="answer a question about an image (or a JSONL batch)")
@@ -120,5 +111,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", help="modality of IMAGE (ct, mri, xray, …) when it matters for reading it")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"adapter folder or bundled name (default {DEFAULT_MODEL})")
     p.add_argument("--batch-size", type=int, default=8)
-    common(p)
+    add_runtime_arguments(p)
     p.set_defaults(func=_ask)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meditok.errors import InvalidInputError
+from meditok.gpt.sampling import SAMPLERS, sample_logits
 from meditok.utils.config import Config, choose_preset
 from meditok.utils.hub import PretrainedMixin
 
@@ -129,40 +130,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x[..., 0::2].float(), x[..., 1::2].float()
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
     return out.type_as(x)
-
-
-#: Ways :meth:`GPT.generate` draws a code from a distribution.
-SAMPLERS = ("multinomial", "inverse_cdf", "gumbel")
-
-
-def _gumbel_max(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One exact draw per row of ``softmax(logits)`` ``[..., V]``: ``argmax(logits + G)``
-    with i.i.d. Gumbel noise ``G = -log E``, ``E ~ Exp(1)`` (the exponential race).
-
-    Why not :func:`_inverse_cdf`: a code there changes whenever ``u`` falls within the
-    rounding error of *any* of the V cumulative boundaries, so the ~1e-6 differences between
-    KV-cached and recomputed logits flip about one draw in 10^4 (and everything after it);
-    here a draw flips only when the two largest perturbed logits are that close. No softmax
-    is needed; whole-image sampling on CPU is ~1.4x faster than with multinomial and ~15 %
-    slower than with inverse-CDF (benchmarks/synthesis.py).
-    """
-    # -log(E) with E ~ Exp(1) is Gumbel; noise is drawn for every code id (also the ones top-k /
-    # top-p removed), so a code's noise never depends on which other codes were kept
-    e = torch.empty_like(logits).exponential_(generator=generator).clamp_(min=torch.finfo(logits.dtype).tiny)
-    return (logits - e.log_()).argmax(-1)
-
-
-def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One draw per row of ``probs`` ``[..., V]`` from a single uniform number per row."""
-    cdf = probs.cumsum(-1)
-    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device, dtype=cdf.dtype)
-    idx = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_max_(probs.shape[-1] - 1)
-    # u·total can round up to the total and land past the last code with mass (rare): step back
-    bad = probs.gather(-1, idx) == 0
-    if bool(bad.any()):
-        last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.uint8).argmax(-1, keepdim=True)
-        idx = torch.where(bad, torch.minimum(idx, last), idx)
-    return idx[..., 0]
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -358,28 +325,6 @@ class GPT(PretrainedMixin, nn.Module):
         return GPTOutput(loss, full)
 
     # ------------------------------------------------------------------ sampling
-    @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
-                generator: torch.Generator | None, sampler: str = "multinomial") -> torch.Tensor:
-        if temperature <= 0:  # greedy
-            return logits.argmax(-1)
-        logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-        if top_k and top_k < logits.shape[-1]:
-            kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p < 1.0:
-            sorted_logits, idx = logits.sort(-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            remove = cum - sorted_logits.softmax(-1) > top_p  # keep the first token above p
-            sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-        if sampler == "gumbel":
-            return _gumbel_max(logits, generator)
-        probs = logits.softmax(-1)
-        if sampler == "inverse_cdf":
-            return _inverse_cdf(probs, generator)
-        return torch.multinomial(probs, 1, generator=generator)[..., 0]
-
     def _guided(self, logits: torch.Tensor, cfg_scale: float, b: int) -> torch.Tensor:
         if cfg_scale == 1.0:
             return logits
@@ -460,7 +405,7 @@ class GPT(PretrainedMixin, nn.Module):
             for i, blk in enumerate(self.head_layers):
                 x = blk(x, None, caches[i] if use_cache else None)
             logits = self._guided(self.output(self.head_norm(x[:, -1])), cfg_scale, b)
-            codes[:, j] = self._sample(logits, temperature, top_k, top_p, generator, sampler)
+            codes[:, j] = sample_logits(logits, temperature, top_k, top_p, generator, sampler)
             if j < k - 1:
                 nxt = self._head_table(j)(codes[:, j]).repeat(rows // b, 1)[:, None]
                 seq = torch.cat([seq, nxt], 1)
