@@ -2,7 +2,7 @@
 # Reproduce the in-context family (issue 12): the shipped pixel MVG meditok-mvg-small, its baselines
 # (U-Net specialists), the Table-5 "isolated" model, the token-space GPT, the evaluation and the bundle.
 #
-#   bash scripts/train_incontext.sh small      # meditok-mvg-small (1300 steps; ~45 min on 1 shared CPU thread)
+#   bash scripts/train_incontext.sh small      # meditok-mvg-small (1300 + 1300 steps; ~75 min on 1 shared CPU thread)
 #   bash scripts/train_incontext.sh unets      # U-Net specialists: DRIVE vessels, denoising, inpainting (~20 min)
 #   bash scripts/train_incontext.sh isolated   # the same MVG on DRIVE alone, same DRIVE episodes (~12 min)
 #   bash scripts/train_incontext.sh token      # MedITok-token GPT on the same DRIVE episodes (~30 min)
@@ -27,7 +27,14 @@ train() {  # train CONFIG NAME: skipped when the final model exists
 }
 
 case "${1:-all}" in
-  small)    train small mvg_small ;;
+  small)    # as shipped: 1300 steps on a 1300-step cosine, then resumed with loop.steps 2600 (the scheduler
+            # follows the 2600-step cosine from step 1301 on: LR back to ~5e-4, down to 1e-5 at 2600)
+            if [ ! -f "$RUNS/mvg_small/final/config.json" ] || ! grep -q '"steps": 2600' "$RUNS/mvg_small/final/config.json"; then
+              for n in 1300 2600; do
+                meditok incontext train configs/incontext/small.yaml --data.root "$DATA" \
+                  --loop.output_dir "$RUNS/mvg_small" --loop.steps "$n"
+              done
+            fi ;;
   unets)    train unet_drive unet_drive; train unet_denoise unet_denoise; train unet_inpaint unet_inpaint ;;
   isolated) train isolated_drive mvg_isolated_drive ;;
   token)    train token_drive token_drive ;;

@@ -46,13 +46,22 @@ evaluate() {  # evaluate RUN LABEL
 # The steps. Stage A trains the projector on image-caption pairs, stage B projector + LoRA on
 # VQA-RAD training QA (configs/vqa/*.yaml say what each one is).
 main_a() { train stage_a_small --data.manifest "$MANIFEST"; }
-main_b() { train stage_b_small --init_from "$RUNS/stage_a_small/final"; }
+# Stage B as shipped: epoch 1 on a one-epoch cosine (157 steps), then resumed with loop.steps 471 for
+# epochs 2-3 (the scheduler follows the three-epoch cosine from step 158 on: LR back to ~0.75 x peak).
+# The text-only baseline gets exactly the same two phases.
+B_STEPS=(157 471)
+main_b() {
+  for n in "${B_STEPS[@]}"; do train stage_b_small --init_from "$RUNS/stage_a_small/final" --loop.steps "$n"; done
+}
 main_eval() {
   evaluate stage_b_small "MedITok-small (shipped)"
   python -c "from meditok.vqa.bundle import bundle_adapter; print(bundle_adapter(
     '$RUNS/stage_b_small/final', 'meditok-vqa-small', '$RESULTS/MedITok-small_shipped.json'))"
 }
-text_only() { train stage_b_text_only && evaluate stage_b_text_only "text-only (no image)"; }
+text_only() {
+  for n in "${B_STEPS[@]}"; do train stage_b_text_only --loop.steps "$n"; done
+  evaluate stage_b_text_only "text-only (no image)"
+}
 # image-disjoint: stage B only on training images that are not test images, with and without the image
 disjoint_image() {
   train stage_b_small_disjoint --init_from "$RUNS/stage_a_small/final"

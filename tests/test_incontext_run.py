@@ -1,6 +1,8 @@
 """``meditok incontext run`` end to end on the real data with the bundled model, and its errors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +94,30 @@ def test_a_label_of_the_wrong_size_or_mode_gets_a_clear_error(drive, shared_data
     assert main(base + ["--prompt-label", str(drive["label"]), "--out", str(tmp_path / "d.jpg")]) == 1
     assert ".png" in capsys.readouterr().err
     assert not any(tmp_path.glob("[abcd].png"))
+
+
+@pytest.mark.slow
+def test_train_then_extend_records_both_sessions(shared_data, tmp_path):
+    """`meditok incontext train` on the tiny preset with real data, then the same run extended with a
+    raised loop.steps: it resumes (no step trained twice), follows the longer schedule, and the model
+    states both sessions and their total wall time (the card too)."""
+    from meditok.engine.logs import read_log
+    from meditok.incontext.card import bundle_model
+
+    out = tmp_path / "run"
+    base = ["incontext", "train", "configs/incontext/tiny.yaml", "--data.root", str(shared_data),
+            "--loop.output_dir", str(out), "--data.epoch_size", "16", "--data.val_episodes", "2",
+            "--loop.ckpt_every", "2", "--loop.log_every", "1"]
+    assert main(base + ["--loop.steps", "2"]) == 0
+    assert main(base + ["--loop.steps", "4"]) == 0
+    meta = json.loads((out / "final" / "config.json").read_text())["meta"]["training"]
+    assert meta["steps"] == 4
+    assert [(s["from_step"], s["to_step"]) for s in meta["sessions"]] == [(0, 2), (2, 4)]
+    assert meta["wall_time_s"] == pytest.approx(sum(s["wall_s"] for s in meta["sessions"]), abs=0.11)
+    before = (out / "final" / "config.json").read_bytes()
+    assert main(base + ["--loop.steps", "4"]) == 0  # already there: the final model and its record stay
+    assert (out / "final" / "config.json").read_bytes() == before
+    steps = [r["step"] for r in read_log(out / "train_log.jsonl") if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    card = (bundle_model(out / "final", tmp_path / "bundle", "tiny-mvg") / "README.md").read_text()
+    assert "sessions" in card and "wall_time_s" in card

@@ -35,6 +35,29 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (None where the OS has none): every timing on a shared
+    machine is reported with them."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def record_session(out_dir: str | Path, record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every (resumed) session of a run, kept in ``OUT/sessions.jsonl``: its wall time, the steps
+    it trained (``from_step`` → ``to_step``) and the load around it; ``record`` is appended
+    (atomically) when given. Returns all sessions, so a resumed model can state its whole cost."""
+    from meditok.utils.io import atomic_write_text
+
+    path = Path(out_dir) / "sessions.jsonl"
+    rows = read_log(path)
+    if record is not None:
+        rows.append(record)
+        atomic_write_text(path, "".join(json.dumps(_clean(r)) + "\n" for r in rows))
+    return rows
+
+
 class TrainLogger:
     """JSONL + TensorBoard + tqdm for rank 0; a silent no-op on other ranks."""
 

@@ -135,6 +135,7 @@ class Loop:
         self.out_dir = Path(cfg.output_dir)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.resumed_from: Path | None = None
+        self.start_step = 0
         self.last_eval: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ data
@@ -234,6 +235,7 @@ class Loop:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.auto_resume and (last := ckpt_io.latest_checkpoint(self.out_dir)) is not None:
             self.load(last)
+        self.start_step = self.step  # where this session began (0, or the resumed checkpoint's step)
         logger = TrainLogger(self.out_dir, self.dist.is_main, cfg.steps, self.step,
                              cfg.tensorboard, cfg.progress)
         if self.resumed_from is not None:

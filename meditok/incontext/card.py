@@ -56,7 +56,7 @@ def model_card(model: MVG, name: str, results: dict[str, Any] | None = None, lab
              "meditok incontext run --prompt-image A.tif --prompt-label A_mask.png --query C.tif --out C_mask.png",
              "```", "", LICENCE_NOTE, "", "## Training", ""]
     for key in ("task_shares", "scheme", "segmentation_share", "mim_share", "mask_ratio", "p_full_query_label",
-                "steps", "batch_size", "lr", "final_train_loss", "command", "wall_time_this_session_s",
+                "steps", "batch_size", "lr", "final_train_loss", "command", "wall_time_s", "sessions", "wall_time_this_session_s",
                 "load_average_1min_start_end", "machine", "device", "monitor"):
         if key in tr:
             lines.append(f"- **{key}**: {tr[key]}")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from meditok.engine.logs import load_average, record_session
 from meditok.engine.loop import Loop
 from meditok.incontext.baselines import UNet, unet_preset
 from meditok.incontext.config import InContextConfig
@@ -132,6 +133,13 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
     if not loop.dist.is_main:
         return result
     final = Path(cfg.output or Path(cfg.loop.output_dir) / "final")
+    step0 = loop.start_step
+    if step0 == result["step"] and (final / "config.json").is_file():
+        result["final"] = str(final)  # nothing trained this time: keep the final model and its record
+        return result
+    sessions = record_session(cfg.loop.output_dir, {
+        "start": t0, "wall_s": round(time.time() - t0, 1), "from_step": step0, "to_step": result["step"],
+        "load_start": round(load0, 2), "load_end": load_average(), "command": " ".join(sys.argv)})
     meta = {
         "name": cfg.name or final.name, "kind": cfg.kind, "preset": cfg.preset,
         "training": {
@@ -146,6 +154,8 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
             "lr": cfg.loop.lr, "final_train_loss": (result.get("train") or {}).get("loss"),
             "monitor": result.get("eval") or {}, "command": " ".join(sys.argv),
             "wall_time_this_session_s": round(time.time() - t0, 1),
+            # every session that trained this run (a resumed or extended run states its whole cost)
+            "sessions": sessions, "wall_time_s": round(sum(r["wall_s"] for r in sessions), 1),
             "load_average_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), {os.cpu_count()} cores, "
                        f"torch {torch.__version__}",

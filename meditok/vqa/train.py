@@ -13,8 +13,6 @@ resumable checkpoints (adapter only, a few MB), JSONL logs and the progress bar 
 """
 from __future__ import annotations
 
-import json
-import os
 import platform
 import sys
 import time
@@ -24,13 +22,12 @@ from typing import Any
 import torch
 
 from meditok.data.vqa_rad import disjoint_train, image_overlap, load_vqa_rad
-from meditok.engine.logs import read_log
+from meditok.engine.logs import load_average, record_session
 from meditok.engine.loop import Loop
 from meditok.errors import InvalidInputError
 from meditok.tokenizer.hub import load_tokenizer
 from meditok.utils.config import config_hash
 from meditok.utils.hub import WEIGHTS_NAME, read_state
-from meditok.utils.io import atomic_write_text
 from meditok.vqa.config import VQATrainConfig
 from meditok.vqa.data import (
     FeatureTable,
@@ -121,29 +118,12 @@ def build_dataset(cfg: VQATrainConfig, model: VQAModel, progress: bool = True) -
     return PackedDataset(seqs, model.prompt.end_id if pad is None else int(pad), features), info
 
 
-def _load() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _sessions(out_dir: Path, record: dict | None = None) -> list[dict]:
-    """Wall time of every (resumed) session of a run, kept in ``sessions.jsonl``."""
-    path = out_dir / "sessions.jsonl"
-    rows = read_log(path) if path.exists() else []
-    if record is not None:
-        rows.append(record)
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
-
-
 def train(cfg: VQATrainConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) one stage; write the trained adapter; return a summary."""
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    t0, load0 = time.time(), _load()
+    t0, load0 = time.time(), load_average()
     model = build_model(cfg, verbose=progress)
     dataset, info = build_dataset(cfg, model, progress)
     if len(dataset) < cfg.loop.batch_size:
@@ -155,10 +135,9 @@ def train(cfg: VQATrainConfig, progress: bool = True) -> dict[str, Any]:
     if not loop.dist.is_main:
         return result
     wall = time.time() - t0
-    previous = _sessions(out_dir)
-    step0 = previous[-1]["to_step"] if previous else 0
-    sessions = _sessions(out_dir, {"start": t0, "wall_s": round(wall, 1), "from_step": step0,
-                                   "to_step": result["step"], "load_start": load0, "load_end": _load()})
+    step0 = loop.start_step
+    sessions = record_session(out_dir, {"start": t0, "wall_s": round(wall, 1), "from_step": step0,
+                                   "to_step": result["step"], "load_start": load0, "load_end": load_average()})
     per_epoch = len(dataset) / (cfg.loop.batch_size * cfg.loop.grad_accum * loop.dist.world_size)
     final = Path(cfg.output or out_dir / "final")
     model.config.meta["training"] = {
