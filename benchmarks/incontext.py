@@ -71,8 +71,8 @@ def provenance(path: Path) -> dict:
         return {}
     meta = cfg.get("meta") or {}
     tr = meta.get("training") or {}
-    keep = ("steps", "batch_size", "wall_time_this_session_s", "load_average_1min_start_end", "machine",
-            "task_shares", "scheme", "final_train_loss", "monitor", "command")
+    keep = ("steps", "batch_size", "wall_time_s", "sessions", "wall_time_this_session_s",
+            "load_average_1min_start_end", "machine", "task_shares", "scheme", "final_train_loss", "monitor", "command")
     return {"model_type": cfg.get("model_type"), "params_config": {k: cfg.get(k) for k in ("dim", "depth", "heads",
                                                                                           "patch", "cell", "head")
                                                                     if k in cfg},
@@ -87,7 +87,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--max-cases", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", nargs="*", default=None, help="main prompts vessels")
+    ap.add_argument("--only", nargs="*", default=None, help="main prompts vessels summary (summary: re-render the targets and provenance from OUT/incontext_main.json)")
     ap.add_argument("--prompt-sets", nargs="*", default=["drive", "chase"], help="sets of the prompt comparison")
     ap.add_argument("--prompt-cases", type=int, default=0, help="first N cases per set there (0: --max-cases)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the MedITok round-trip ceiling")
@@ -106,7 +106,8 @@ def main() -> int:
     only = set(a.only or ["main", "prompts", "vessels"])
     t0 = time.time()
     summary: dict = {"environment_start": environment(), "runs": {}}
-    for name in ("mvg_small", "mvg_isolated_drive", "token_drive", "unet_drive", "unet_denoise", "unet_inpaint"):
+    summary["runs"]["unified: " + str(Path(unified).parent.name)] = provenance(Path(unified))  # the one evaluated
+    for name in ("mvg_isolated_drive", "token_drive", "unet_drive", "unet_denoise", "unet_inpaint"):
         if have(name):
             summary["runs"][name] = provenance(runs / name / "final")
     main_res = vessels_res = None
@@ -138,8 +139,13 @@ def main() -> int:
         vessels_res["token_ceiling"] = token_ceiling(a.data, "meditok-small", ["drive", "chase"], None)
         vessels_res["token_ceiling_seconds"] = round(time.time() - t, 1)
         (Path(a.out) / "incontext_vessels.json").write_text(json.dumps(vessels_res, indent=2, default=str) + "\n")
+    if "summary" in only and main_res is None:  # re-render targets + provenance from a finished evaluation
+        main_res = json.loads((Path(a.out) / "incontext_main.json").read_text())
     summary["targets"] = targets(main_res)
     summary["wall_time_s"] = round(time.time() - t0, 1)
+    if "summary" in only and not only & {"main", "vessels", "prompts"}:  # the evaluation's own wall time
+        summary["wall_time_s"] = main_res.get("wall_time_s")
+        summary["environment_start"] = summary["environment_end"] = main_res.get("environment") or {}
     summary["environment_end"] = environment()
     md = ["# In-context family: targets and provenance\n",
           f"benchmark wall time {summary['wall_time_s']} s; load {summary['environment_start'].get('load_average_1min')}"
@@ -154,9 +160,14 @@ def main() -> int:
                             for k, v in vessels_res["token_ceiling"].items()) + "\n")
     md.append("\n## Training runs\n")
     for k, v in summary["runs"].items():
-        md.append(f"- **{k}**: steps {v.get('steps')}, batch {v.get('batch_size')}, wall time "
-                  f"{v.get('wall_time_this_session_s')} s (this session), load {v.get('load_average_1min_start_end')}, "
-                  f"{v.get('machine')}\n")
+        if v.get("sessions"):  # every session of a resumed / extended run
+            wall = f"{v.get('wall_time_s')} s in {len(v['sessions'])} sessions (" + ", ".join(
+                f"steps {r['from_step']}→{r['to_step']} {r['wall_s']} s, load {r.get('load_start')}→"
+                f"{(r.get('load_end') or [None])[0] if isinstance(r.get('load_end'), list) else r.get('load_end')}"
+                for r in v["sessions"]) + ")"
+        else:
+            wall = f"{v.get('wall_time_this_session_s')} s (this session), load {v.get('load_average_1min_start_end')}"
+        md.append(f"- **{k}**: steps {v.get('steps')}, batch {v.get('batch_size')}, wall time {wall}, {v.get('machine')}\n")
     write_results(a.out, "incontext_summary", summary, "".join(md))
     print("".join(md))
     return 0
