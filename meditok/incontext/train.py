@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from meditok.engine.logs import load_average, record_session
+from meditok.engine.logs import end_session
 from meditok.engine.loop import Loop
 from meditok.incontext.baselines import UNet, unet_preset
 from meditok.incontext.config import InContextConfig
@@ -133,13 +133,10 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
     if not loop.dist.is_main:
         return result
     final = Path(cfg.output or Path(cfg.loop.output_dir) / "final")
-    step0 = loop.start_step
-    if step0 == result["step"] and (final / "config.json").is_file():
+    if loop.start_step == result["step"] and (final / "config.json").is_file():
         result["final"] = str(final)  # nothing trained this time: keep the final model and its record
         return result
-    sessions = record_session(cfg.loop.output_dir, {
-        "start": t0, "wall_s": round(time.time() - t0, 1), "from_step": step0, "to_step": result["step"],
-        "load_start": round(load0, 2), "load_end": load_average(), "command": " ".join(sys.argv)})
+    sessions = end_session(cfg.loop.output_dir, t0, loop.start_step, result["step"], round(load0, 2))
     meta = {
         "name": cfg.name or final.name, "kind": cfg.kind, "preset": cfg.preset,
         "training": {

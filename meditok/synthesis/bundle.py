@@ -35,7 +35,8 @@ def model_card(gpt: GPT, name: str, metrics: dict[str, Any] | None = None, label
         lines.append(f"- **not modelled**: {k} — {v}")
     lines.append(f"- **default sampling**: {meta.get('sampling')}")
     for key in ("manifest", "split", "train_images", "draw_shares_epoch0", "steps", "batch_size", "lr",
-                "final_train_loss", "final_val_loss", "command", "wall_time_this_session_s", "machine", "device"):
+                "final_train_loss", "final_val_loss", "command", "wall_time_s", "sessions", "wall_time_this_session_s",
+                "machine", "device"):
         if key in tr:
             lines.append(f"- **{key}**: {tr[key]}")
     if metrics:
@@ -50,16 +51,24 @@ def model_card(gpt: GPT, name: str, metrics: dict[str, Any] | None = None, label
                       f"(floor {floor['gfid_all']:.2f})",
                       f"- diversity {summary['diversity_avg']:.4f} (real {floor['diversity_avg']:.4f}); "
                       f"{metrics['msssim']['text']}",
-                      f"- conditional accuracy {summary['cond_acc_avg']:.3f} averaged over modalities "
-                      f"(the classifier's accuracy on real images: {floor['cond_acc_avg']:.3f})"]
+                      f"- conditional accuracy {summary['cond_acc_avg']:.3f} averaged over modalities, with the "
+                      "classifier trained on the tokenizer's round trip of the real reference images (its "
+                      f"accuracy on the real floor set after the same round trip, the ceiling: "
+                      f"{_fmt(summary.get('cond_acc_ceiling_avg'))}); with the classifier trained on the original "
+                      f"images {_fmt(summary.get('cond_acc_raw_avg'))} (on real images: {_fmt(floor['cond_acc_avg'])})"]
             per = metrics["table"][label]
-            lines += ["", "| condition | N | gFID | floor | diversity | cond. acc. |", "|---|---|---|---|---|---|"]
+            lines += ["", "| condition | N | gFID | floor | diversity | cond. acc. | ceiling | original-image classifier |",
+                      "|---|---|---|---|---|---|---|---|"]
             for c in metrics["conditions"]:
                 r, f = per[c], metrics["table"]["real-vs-real floor"][c]
-                acc = "–" if r["cond_acc"] is None else f"{r['cond_acc']:.3f}"
-                lines.append(f"| {c} | {r['n']} | {r['gfid']:.1f} | {f['gfid']:.1f} | {r['diversity']:.3f} | {acc} |")
+                lines.append(f"| {c} | {r['n']} | {r['gfid']:.1f} | {f['gfid']:.1f} | {r['diversity']:.3f} | "
+                             f"{_fmt(r['cond_acc'])} | {_fmt(r.get('cond_acc_ceiling'))} | {_fmt(r.get('cond_acc_raw'))} |")
     lines += ["", "Reproduce: `bash scripts/train_synthesis.sh`.", ""]
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def bundle_generator(src: str | Path, dst: str | Path, name: str, metrics: str | Path | None = None,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from meditok.data.token_shards import load_token_shards
+from meditok.engine.logs import end_session, load_average
 from meditok.engine.loop import Loop
 from meditok.errors import InvalidInputError
 from meditok.gpt import GPT
@@ -71,7 +72,7 @@ def train(cfg: SynthConfig) -> dict[str, Any]:
         raise InvalidInputError("data.shards is empty: give the folder of 'meditok synth pretokenize'")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    t0 = time.time()
+    t0, load0 = time.time(), load_average()
     shards = load_token_shards(cfg.data.shards)
     train_shards = shards.split(cfg.data.split)
     if len(train_shards) == 0:
@@ -91,6 +92,10 @@ def train(cfg: SynthConfig) -> dict[str, Any]:
     if not loop.dist.is_main:
         return result
     final = Path(cfg.output or Path(cfg.loop.output_dir) / "final")
+    if loop.start_step == result["step"] and (final / "config.json").is_file():
+        result["final"] = str(final)  # nothing trained this time: keep the generator and its record
+        return result
+    sessions = end_session(cfg.loop.output_dir, t0, loop.start_step, result["step"], load0)
     counts = train_shards.counts("modality")
     model.config.meta["training"] = {
         "shards": str(Path(cfg.data.shards).resolve()),
@@ -103,6 +108,7 @@ def train(cfg: SynthConfig) -> dict[str, Any]:
         "lr": cfg.loop.lr, "final_train_loss": (result.get("train") or {}).get("loss"),
         "final_val_loss": (result.get("eval") or {}).get("val_loss"),
         "command": " ".join(sys.argv), "wall_time_this_session_s": round(time.time() - t0, 1),
+        "sessions": sessions, "wall_time_s": round(sum(r["wall_s"] for r in sessions), 1),
         "machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), torch {torch.__version__}",
         "device": str(loop.device),
     }
