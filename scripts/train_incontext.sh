@@ -4,7 +4,7 @@
 #
 #   bash scripts/train_incontext.sh small      # meditok-mvg-small (1300 + 1300 steps; ~75 min on 1 shared CPU thread)
 #   bash scripts/train_incontext.sh unets      # U-Net specialists: DRIVE vessels, denoising, inpainting (~20 min)
-#   bash scripts/train_incontext.sh isolated   # the same MVG on DRIVE alone, same DRIVE episodes (~12 min)
+#   bash scripts/train_incontext.sh isolated   # the same MVG on DRIVE alone, same DRIVE episodes (~20 min)
 #   bash scripts/train_incontext.sh token      # MedITok-token GPT on the same DRIVE episodes (~30 min)
 #   bash scripts/train_incontext.sh eval       # benchmarks/incontext.py -> benchmarks/results/incontext/ (~20 min)
 #   bash scripts/train_incontext.sh table5     # the isolated model on DRIVE / CHASE (same canvases, seed 0)
@@ -36,11 +36,15 @@ case "${1:-all}" in
               done
             fi ;;
   unets)    train unet_drive unet_drive; train unet_denoise unet_denoise; train unet_inpaint unet_inpaint ;;
-  isolated) train isolated_drive mvg_isolated_drive ;;
+  isolated) # two phases like the unified model: 390 steps, then resumed to 780 (its DRIVE episodes)
+            for n in 390 780; do
+              meditok incontext train configs/incontext/isolated_drive.yaml --data.root "$DATA" \
+                --loop.output_dir "$RUNS/mvg_isolated_drive" --loop.steps "$n"
+            done ;;
   token)    train token_drive token_drive ;;
   eval)     python benchmarks/incontext.py --data "$DATA" --runs "$RUNS" --only main --no-ceiling --threads 1 ;;
   table5)   meditok incontext eval --model "$RUNS/mvg_isolated_drive/final" --label MVG-small-isolated-DRIVE-only \
-              --sets drive chase --restoration --threads 1 --out benchmarks/results/incontext/table5 --overwrite ;;
+              --sets drive chase --threads 1 --out benchmarks/results/incontext/table5 --overwrite ;;
   tokeneval) meditok incontext eval --model "$RUNS/mvg_small/final" --label MVG-small-unified \
               --model "$RUNS/mvg_isolated_drive/final" --label MVG-small-isolated --model "$RUNS/token_drive/final" \
               --label MVG-token-DRIVE-only --sets drive chase --restoration --max-cases 1 --threads 1 \
