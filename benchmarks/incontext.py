@@ -161,10 +161,10 @@ def main() -> int:
     md.append("\n## Training runs\n")
     for k, v in summary["runs"].items():
         if v.get("sessions"):  # every session of a resumed / extended run
+            one = lambda x: x[0] if isinstance(x, list) and x else x  # noqa: E731 - 1-min load of a record
             wall = f"{v.get('wall_time_s')} s in {len(v['sessions'])} sessions (" + ", ".join(
-                f"steps {r['from_step']}→{r['to_step']} {r['wall_s']} s, load {r.get('load_start')}→"
-                f"{(r.get('load_end') or [None])[0] if isinstance(r.get('load_end'), list) else r.get('load_end')}"
-                for r in v["sessions"]) + ")"
+                f"steps {r['from_step']}→{r['to_step']} {r['wall_s']} s, load {one(r.get('load_start'))}→"
+                f"{one(r.get('load_end'))}" for r in v["sessions"]) + ")"
         else:
             wall = f"{v.get('wall_time_this_session_s')} s (this session), load {v.get('load_average_1min_start_end')}"
         md.append(f"- **{k}**: steps {v.get('steps')}, batch {v.get('batch_size')}, wall time {wall}, {v.get('machine')}\n")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from meditok.engine.logs import end_session
+from meditok.engine.logs import end_session, load_average
 from meditok.engine.loop import Loop
 from meditok.incontext.baselines import UNet, unet_preset
 from meditok.incontext.config import InContextConfig
@@ -117,7 +117,7 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    load0 = os.getloadavg()[0]
+    load0, load_start = os.getloadavg()[0], load_average()
     specs = cfg.data.task_specs()
     needed = sorted({t.source for t in specs if t.weight > 0})
     sources = load_sources(cfg.data.root, needed)
@@ -136,7 +136,7 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
     if loop.start_step == result["step"] and (final / "config.json").is_file():
         result["final"] = str(final)  # nothing trained this time: keep the final model and its record
         return result
-    sessions = end_session(cfg.loop.output_dir, t0, loop.start_step, result["step"], round(load0, 2))
+    sessions = end_session(cfg.loop.output_dir, t0, loop.start_step, result["step"], load_start)
     meta = {
         "name": cfg.name or final.name, "kind": cfg.kind, "preset": cfg.preset,
         "training": {
