@@ -58,20 +58,6 @@ def record_session(out_dir: str | Path, record: dict[str, Any] | None = None) ->
     return rows
 
 
-def end_session(out_dir: str | Path, start_time: float, from_step: int, to_step: int,
-                load_start: Any = None, **extra: Any) -> list[dict[str, Any]]:
-    """Record the session that just trained ``from_step`` → ``to_step`` (nothing when it trained
-    no step: a finished run started again) and return every session of the run."""
-    import sys
-    import time
-
-    if to_step == from_step:
-        return record_session(out_dir)
-    return record_session(out_dir, {"start": start_time, "wall_s": round(time.time() - start_time, 1),
-                                    "from_step": from_step, "to_step": to_step, "load_start": load_start,
-                                    "load_end": load_average(), "command": " ".join(sys.argv), **extra})
-
-
 class TrainLogger:
     """JSONL + TensorBoard + tqdm for rank 0; a silent no-op on other ranks."""
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from meditok.engine import checkpoints as ckpt_io
 from meditok.engine.distributed import any_rank, cleanup, init_distributed
-from meditok.engine.logs import TrainLogger
+from meditok.engine.logs import TrainLogger, load_average, record_session
 from meditok.engine.optim import WarmupCosine, build_adamw
 from meditok.engine.sampler import ResumableSampler
 from meditok.utils.config import Config
@@ -271,6 +271,19 @@ class Loop:
 
     def close(self) -> None:
         cleanup(self.dist)
+
+    def end_session(self, final: str | Path, started_at: float, load_start: Any = None) -> list[dict] | None:
+        """After :meth:`run` on rank 0: record this session in ``OUT/sessions.jsonl`` and return every
+        session of the run — or ``None`` when it trained no step and ``final`` already holds the
+        model (a finished run started again: the caller keeps that model and its record)."""
+        if self.start_step == self.step:
+            if (Path(final) / "config.json").is_file():
+                return None
+            return record_session(self.out_dir)
+        return record_session(self.out_dir, {
+            "start": started_at, "wall_s": round(time.time() - started_at, 1), "from_step": self.start_step,
+            "to_step": self.step, "load_start": load_start, "load_end": load_average(),
+            "command": " ".join(sys.argv)})
 
     def run(self) -> dict[str, Any]:
         """:meth:`fit`, then :meth:`close` however it ends (the process group must not outlive

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from meditok.engine.logs import end_session, load_average
+from meditok.engine.logs import load_average
 from meditok.engine.loop import Loop
 from meditok.incontext.baselines import UNet, unet_preset
 from meditok.incontext.config import InContextConfig
@@ -117,7 +117,7 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.time()
-    load0, load_start = os.getloadavg()[0], load_average()
+    load_start = load_average()
     specs = cfg.data.task_specs()
     needed = sorted({t.source for t in specs if t.weight > 0})
     sources = load_sources(cfg.data.root, needed)
@@ -133,10 +133,10 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
     if not loop.dist.is_main:
         return result
     final = Path(cfg.output or Path(cfg.loop.output_dir) / "final")
-    if loop.start_step == result["step"] and (final / "config.json").is_file():
+    sessions = loop.end_session(final, t0, load_start)
+    if sessions is None:
         result["final"] = str(final)  # nothing trained this time: keep the final model and its record
         return result
-    sessions = end_session(cfg.loop.output_dir, t0, loop.start_step, result["step"], load_start)
     meta = {
         "name": cfg.name or final.name, "kind": cfg.kind, "preset": cfg.preset,
         "training": {
@@ -153,7 +153,7 @@ def train(cfg: InContextConfig) -> dict[str, Any]:
             "wall_time_this_session_s": round(time.time() - t0, 1),
             # every session that trained this run (a resumed or extended run states its whole cost)
             "sessions": sessions, "wall_time_s": round(sum(r["wall_s"] for r in sessions), 1),
-            "load_average_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "load_average_1min_start_end": [(load or [None])[0] for load in (load_start, load_average())],
             "machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), {os.cpu_count()} cores, "
                        f"torch {torch.__version__}",
             "device": str(loop.device),

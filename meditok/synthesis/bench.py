@@ -185,15 +185,12 @@ def evaluate(manifest: str | Path, synths: Sequence[Synthesizer], labels: Sequen
     classifiers = _classifiers(conds, ref, cfg.seed)
     modalities = [c for c in conds.names if c not in conds.classes]
     table: dict[str, Any] = {"real-vs-real floor": {}}
-    real_acc = {}
-    for group, (names, clf) in classifiers.items():
-        for i, c in enumerate(names):
-            real_acc[c] = conditional_accuracy(clf, floor[c].float(), i)
     for name in conds.names:
         table["real-vs-real floor"][name] = {
             "n": len(floor[name]), "n_ref": len(ref[name]),
             "gfid": fid_from_features(ref[name], floor[name]),
-            "diversity": diversity(to_unit(floor_imgs[name])), "cond_acc": real_acc.get(name)}
+            "diversity": diversity(to_unit(floor_imgs[name])),
+            "cond_acc": _accuracy(classifiers, name, floor[name].float())}
     gen_feats: dict[str, dict[str, torch.Tensor]] = {}
     for synth, label in zip(synths, labels):
         recon, ceiling = _round_trip_classifiers(synth, sets, cfg, progress)
@@ -246,7 +243,7 @@ def _accuracy(classifiers: dict[str, Any], name: str, feats: torch.Tensor) -> fl
 
 
 def _round_trip_classifiers(synth: Synthesizer, sets: dict[str, dict[str, list[Sample]]], cfg: EvalConfig,
-                            progress: bool) -> tuple[dict[str, Any], dict[str, float]]:
+                            progress: bool) -> tuple[dict[str, Any], dict[str, float | None]]:
     """Classifiers on the reference images after a round trip through ``synth``'s tokenizer,
     and their accuracy on the floor images after the same round trip (the ceiling)."""
     store = FeatureStore(cfg.features_cache, synth.tokenizer.config.preprocess, cfg.device,
@@ -254,8 +251,7 @@ def _round_trip_classifiers(synth: Synthesizer, sets: dict[str, dict[str, list[S
     ref = {name: store.get(parts["ref"], progress)[0] for name, parts in sets.items()}
     floor = {name: store.get(parts["floor"], progress)[0] for name, parts in sets.items()}
     classifiers = _classifiers(synth.conditions, ref, cfg.seed)
-    ceiling = {name: acc for name in sets if (acc := _accuracy(classifiers, name, floor[name].float())) is not None}
-    return classifiers, ceiling
+    return classifiers, {name: _accuracy(classifiers, name, floor[name].float()) for name in sets}
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from meditok.data.token_shards import load_token_shards
-from meditok.engine.logs import end_session, load_average
+from meditok.engine.logs import load_average
 from meditok.engine.loop import Loop
 from meditok.errors import InvalidInputError
 from meditok.gpt import GPT
@@ -92,10 +92,10 @@ def train(cfg: SynthConfig) -> dict[str, Any]:
     if not loop.dist.is_main:
         return result
     final = Path(cfg.output or Path(cfg.loop.output_dir) / "final")
-    if loop.start_step == result["step"] and (final / "config.json").is_file():
+    sessions = loop.end_session(final, t0, load0)
+    if sessions is None:
         result["final"] = str(final)  # nothing trained this time: keep the generator and its record
         return result
-    sessions = end_session(cfg.loop.output_dir, t0, loop.start_step, result["step"], load0)
     counts = train_shards.counts("modality")
     model.config.meta["training"] = {
         "shards": str(Path(cfg.data.shards).resolve()),

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from meditok.data.vqa_rad import disjoint_train, image_overlap, load_vqa_rad
-from meditok.engine.logs import end_session, load_average
+from meditok.engine.logs import load_average
 from meditok.engine.loop import Loop
 from meditok.errors import InvalidInputError
 from meditok.tokenizer.hub import load_tokenizer
@@ -135,10 +135,10 @@ def train(cfg: VQATrainConfig, progress: bool = True) -> dict[str, Any]:
     if not loop.dist.is_main:
         return result
     final = Path(cfg.output or out_dir / "final")
-    if loop.start_step == result["step"] and (final / "config.json").is_file():
+    sessions = loop.end_session(final, t0, load0)
+    if sessions is None:
         result["final"] = str(final)  # nothing trained this time: keep the adapter and its record
         return result
-    sessions = end_session(out_dir, t0, loop.start_step, result["step"], load0)
     per_epoch = len(dataset) / (cfg.loop.batch_size * cfg.loop.grad_accum * loop.dist.world_size)
     model.config.meta["training"] = {
         "stage": cfg.stage, "name": cfg.name, "data": info, "steps": result["step"],
