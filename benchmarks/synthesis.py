@@ -119,7 +119,8 @@ def main() -> None:
                  "sampling": [bench_sampling(model, b, SAMPLER, args.repeats)]}
         if preset == "small":
             shipped = dict((model.config.meta or {}).get("sampling") or {"temperature": 0.8, "top_k": 200})
-            shipped = {k: shipped[k] for k in ("temperature", "top_k", "top_p") if k in shipped}
+            # CFG too: guidance doubles the rows of both paths, so it changes the speed-up
+            shipped = {k: shipped[k] for k in ("temperature", "top_k", "top_p", "cfg_scale") if k in shipped}
             for batch, sampler in ((b, SAMPLER), (64, SAMPLER), (b, "inverse_cdf"), (b, "multinomial")):
                 entry["sampling"].append(bench_sampling(model, batch, sampler, args.repeats, **shipped))
         entry["training"] = bench_training(model, bt, steps)

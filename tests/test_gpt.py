@@ -111,3 +111,24 @@ def test_save_and_load_round_trip(tmp_path):
     model.eval()
     assert torch.equal(model(tokens, cond).loss, back(tokens, cond).loss)
     assert back.config.meta["tokenizer_id"] == "abc"
+
+
+def test_generation_draws_the_tempered_head_distribution():
+    """The temperature is applied to the output layer's input (not to the V logits): the first
+    sub-code of the first position still follows softmax(logits / T) of the teacher-forced model,
+    with and without top-k, for every sampler."""
+    model = _tiny().eval()
+    torch.nn.init.normal_(model.output.weight, std=0.6)  # a peaked, non-uniform head
+    tokens, _ = _data(model, 1)
+    n, t = 6000, 0.6
+    cond = torch.zeros(n, dtype=torch.long)
+    logits = model(tokens, cond[:1], return_logits=True).logits[0, 0, 0]  # position 0, sub-code 0
+    want = (logits / t).softmax(-1)
+    for sampler in ("gumbel", "multinomial"):
+        out = model.generate(cond, temperature=t, generator=torch.Generator().manual_seed(2), sampler=sampler)
+        freq = torch.bincount(out[:, 0, 0], minlength=64).float() / n
+        assert (freq - want).abs().max() < 0.025, sampler
+    top = torch.topk(logits, 5)
+    out = model.generate(cond, temperature=t, top_k=5, generator=torch.Generator().manual_seed(3), sampler="gumbel")
+    freq = torch.bincount(out[:, 0, 0], minlength=64).float()[top.indices] / n
+    assert float(freq.sum()) == 1.0 and (freq - (top.values / t).softmax(-1)).abs().max() < 0.025

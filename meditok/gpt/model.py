@@ -399,13 +399,20 @@ class GPT(PretrainedMixin, nn.Module):
         codes = torch.zeros(b, k, dtype=torch.long, device=h.device)
         caches = [KVCache(rows, cfg.heads, k, cfg.dim // cfg.heads, h) for _ in self.head_layers] \
             if use_cache else None
+        # the temperature scales the [rows, dim] input of the output layer (and its bias), not
+        # the [rows, V] logits: the same logits / T (CFG is linear), V / dim times cheaper
+        inv_t = 1.0 / temperature if temperature > 0 else 1.0
+        bias = None if self.output.bias is None else self.output.bias * inv_t
         seq = h
         for j in range(k):
             x = seq[:, -1:] if use_cache else seq
             for i, blk in enumerate(self.head_layers):
                 x = blk(x, None, caches[i] if use_cache else None)
-            logits = self._guided(self.output(self.head_norm(x[:, -1])), cfg_scale, b)
-            codes[:, j] = sample_logits(logits, temperature, top_k, top_p, generator, sampler)
+            hn = self.head_norm(x[:, -1])
+            logits = self._guided(F.linear(hn * inv_t if inv_t != 1.0 else hn, self.output.weight, bias),
+                                  cfg_scale, b)
+            codes[:, j] = sample_logits(logits, temperature if temperature <= 0 else 1.0, top_k, top_p,
+                                        generator, sampler)
             if j < k - 1:
                 nxt = self._head_table(j)(codes[:, j]).repeat(rows // b, 1)[:, None]
                 seq = torch.cat([seq, nxt], 1)
