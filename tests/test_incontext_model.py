@@ -150,3 +150,33 @@ def test_save_and_load_round_trip(tmp_path):
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     assert torch.allclose(m.eval().predict(x), back.predict(x))
     assert back.config.preprocess.ct_window == (-100.0, 200.0)
+
+
+def test_residual_tasks_add_the_visible_image_cell_to_restoration_labels_only():
+    """``residual_tasks``: a denoising / inpainting label is the image cell plus the network's
+    correction (AR and MIM, where a masked image pixel is not added); segmentation is untouched,
+    and a model without the field predicts the same as before for every task."""
+    plain, res = _tiny(), _tiny(residual_tasks=("denoising", "inpainting"))
+    x = torch.rand(4, 3, 64, 64) * 1.6 - 0.8
+    cells = plain.to_cells(x)
+    ids = torch.tensor([0, 1, 2, 0])  # segmentation, denoising, inpainting, segmentation
+    base = plain.predict(x)
+    assert torch.allclose(plain.predict(x, task=ids), base)
+    corr = res.next_image(cells, 3)  # the same weights without the residual rows
+    assert torch.allclose(res.next_image(cells, 3, "segmentation"), corr)
+    out = res.next_image(cells, 3, ids)
+    assert torch.allclose(out[[0, 3]], corr[[0, 3]])
+    assert torch.allclose(out[[1, 2]], corr[[1, 2]] + cells[[1, 2], 2], atol=1e-6)
+    assert torch.allclose(res.predict(x, task="denoising"), (corr + cells[:, 2]).clamp(-1, 1), atol=1e-6)
+    # MIM: the label cells add only the unmasked pixels of their image cells
+    tm = random_token_mask(4, res, 0.5, generator=torch.Generator().manual_seed(0))
+    _, p0 = res.forward_mim(x, tm)
+    _, p1 = res.forward_mim(x, tm, task=ids)
+    vis = cells * (1 - res.pixel_mask(tm))
+    assert torch.allclose(p1[[0, 3]], p0[[0, 3]])
+    assert torch.allclose(p1[[1, 2]][:, [1, 3]], p0[[1, 2]][:, [1, 3]] + vis[[1, 2]][:, [0, 2]], atol=1e-6)
+    assert torch.allclose(p1[:, [0, 2]], p0[:, [0, 2]])
+    with pytest.raises(ValueError, match="segmentation label"):
+        _tiny(residual_tasks=("segmentation",))
+    with pytest.raises(Exception, match="unknown task"):
+        res.predict(x, task="colourise")

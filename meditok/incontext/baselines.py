@@ -83,7 +83,7 @@ class UNet(PretrainedMixin, nn.Module):
         return F.smooth_l1_loss(self(cells[:, QUERY_IMAGE]), cells[:, QUERY_LABEL], beta=beta)
 
     @torch.no_grad()
-    def predict(self, canvas: torch.Tensor, mode: str = "ar") -> torch.Tensor:
+    def predict(self, canvas: torch.Tensor, mode: str = "ar", task: str | None = None) -> torch.Tensor:
         """Y from X of an episode canvas (the prompt cells are ignored)."""
         return self(_cells(canvas, self.config.cell)[:, QUERY_IMAGE]).clamp(-1, 1)
 
@@ -99,7 +99,7 @@ class CopyPrompt(nn.Module):
         self.cell = cell
 
     @torch.no_grad()
-    def predict(self, canvas: torch.Tensor, mode: str = "ar") -> torch.Tensor:
+    def predict(self, canvas: torch.Tensor, mode: str = "ar", task: str | None = None) -> torch.Tensor:
         return _cells(canvas, self.cell)[:, PROMPT_LABEL].clone()
 
 
@@ -111,7 +111,7 @@ class Identity(nn.Module):
         self.cell = cell
 
     @torch.no_grad()
-    def predict(self, canvas: torch.Tensor, mode: str = "ar") -> torch.Tensor:
+    def predict(self, canvas: torch.Tensor, mode: str = "ar", task: str | None = None) -> torch.Tensor:
         return _cells(canvas, self.cell)[:, QUERY_IMAGE].clone()
 
 

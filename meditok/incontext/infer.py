@@ -37,7 +37,7 @@ STRATEGIES = ("position", "random", "nearest")
 
 
 class Predictor(Protocol):
-    def predict(self, canvas: torch.Tensor, mode: str = "ar") -> torch.Tensor: ...
+    def predict(self, canvas: torch.Tensor, mode: str = "ar", task: str | None = None) -> torch.Tensor: ...
 
 
 @dataclass
@@ -58,7 +58,8 @@ def as_method(name: str, model: Any, mode: str = "ar", batch_size: int = 32) -> 
 
     if isinstance(model, TokenMVG):
         return Method(name, lambda x, task: model.predict(x, task=task), batch_size)
-    return Method(name, lambda x, task: model.predict(x, mode=mode), batch_size, white=isinstance(model, UNet))
+    return Method(name, lambda x, task: model.predict(x, mode=mode, task=task), batch_size,
+                  white=isinstance(model, UNet))
 
 
 def load_model(spec: str | Path, device: str = "cpu") -> Any:

@@ -31,7 +31,9 @@ the paper's head with a patch-embedding ViT does not leave the all-background so
 vessels within an hour of CPU; a skip path gives the local detail a 1-3 px vessel needs, while
 everything about the task still has to come through the transformer from the prompt.
 Stem and decoder run per cell (cells folded into the batch), so no convolution mixes two
-cells — required for the AR causality.
+cells — required for the AR causality. With ``residual_tasks`` a restoration label is predicted
+as its image cell plus the decoded correction (tried for denoising and inpainting, not shipped:
+``benchmarks/results/incontext/residual_2600/``).
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from torch import nn
 
 from meditok.data.preprocess import PreprocessConfig
 from meditok.errors import InvalidInputError
+from meditok.incontext.episodes import TASK_IDS
 from meditok.incontext.layers import Block, LayerNorm2d, conv_block
 from meditok.utils.config import Config, choose_preset
 from meditok.utils.hub import PretrainedMixin
@@ -53,6 +56,8 @@ from meditok.utils.hub import PretrainedMixin
 #: Canvas cells in raster order.
 PROMPT_IMAGE, PROMPT_LABEL, QUERY_IMAGE, QUERY_LABEL = 0, 1, 2, 3
 LABEL_CELLS = (PROMPT_LABEL, QUERY_LABEL)
+#: A batch's task: one name for every row, task ids ``[B]`` (``TASK_IDS``), or None.
+TaskArg = str | torch.Tensor | None
 HEADS = ("unet", "painter")
 
 
@@ -88,6 +93,11 @@ class MVGConfig(Config):
     #: decoder layer (concatenated to its skip).
     norm: bool = True
     drop_path: float = 0.0
+    #: Tasks whose label cell is predicted as its image cell plus a learned correction (restoration:
+    #: the answer is the input, nearly). A plain prediction must rebuild every pixel through the
+    #: network, which caps its PSNR below that of a lightly corrupted input (MR denoising). Off in
+    #: the shipped recipe: retrained with it, MR denoising did not improve (see the module docstring).
+    residual_tasks: tuple[str, ...] = ()
     in_channels: int = 3
     #: How a file becomes a cell (CT window [-100, 200] HU as the paper).
     preprocess: PreprocessConfig = field(default_factory=_mvg_preprocess)
@@ -107,6 +117,11 @@ class MVGConfig(Config):
             raise ValueError(f"model.dim {self.dim} must be a multiple of heads {self.heads}")
         if self.head == "unet" and len(self.stem_widths) != int(math.log2(self.patch)):
             raise ValueError(f"model.stem_widths needs log2(patch) = {int(math.log2(self.patch))} entries")
+        unknown = set(self.residual_tasks) - set(TASK_IDS)
+        if unknown:
+            raise ValueError(f"model.residual_tasks: unknown {sorted(unknown)}; choose from {sorted(TASK_IDS)}")
+        if "segmentation" in self.residual_tasks:
+            raise ValueError("model.residual_tasks: a segmentation label is not its image plus a correction")
         if self.depth < 1 or self.dim < 8 or self.cell > 1024 or self.dim * self.depth > 1 << 16:
             raise ValueError("model: depth >= 1, dim >= 8, cell <= 1024 and a bounded size")
 
@@ -273,26 +288,53 @@ class MVG(PretrainedMixin, nn.Module):
                 out = out + (w[:, :, :-1] * x[:, None]).sum(2) + w[:, :, -1]
         return out.view(b, len(sources), *out.shape[1:])
 
+    def residual_rows(self, task: TaskArg, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Which rows of a batch add their image cell to the prediction (``residual_tasks``):
+        ``task`` is one task name for the whole batch, task ids ``[B]`` (``TASK_IDS``) or None
+        (no row)."""
+        if not self.config.residual_tasks or task is None:
+            return None
+        ids = torch.tensor([TASK_IDS[t] for t in self.config.residual_tasks], device=device)
+        if isinstance(task, str):
+            if task not in TASK_IDS:
+                raise InvalidInputError(f"unknown task {task!r}; choose from {sorted(TASK_IDS)}")
+            task = torch.full((batch,), TASK_IDS[task], device=device)
+        task = task.to(device)
+        if task.shape != (batch,):
+            raise InvalidInputError(f"task ids must have shape [{batch}], got {list(task.shape)}")
+        rows = torch.isin(task, ids)
+        return rows if bool(rows.any()) else None
+
+    @staticmethod
+    def _add_base(out: torch.Tensor, base: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """``out + base`` on ``rows`` (the residual tasks), ``out`` elsewhere."""
+        if rows is None:
+            return out
+        return out + base * rows.view(-1, *([1] * (out.dim() - 1))).to(out.dtype)
+
     # ------------------------------------------------------------------ objectives
-    def next_image(self, cells: torch.Tensor, target_cell: int) -> torch.Tensor:
+    def next_image(self, cells: torch.Tensor, target_cell: int, task: TaskArg = None) -> torch.Tensor:
         """One AR step: the cell ``target_cell`` is the next image of the sentence. Its slot holds
         mask tokens (its pixels are never seen), attention is block-causal (so the cells after it
         are invisible too) and its pixels are decoded from the slot's features with the stem skips
-        of the image before it (``P_x`` for ``P_y``, ``X`` for ``Y``) → ``[B, C, c, c]``."""
+        of the image before it (``P_x`` for ``P_y``, ``X`` for ``Y``) → ``[B, C, c, c]``. Rows of a
+        residual task (``task``, see ``residual_rows``) add that image's pixels."""
         mask = (self.cell_id == target_cell)[None].expand(cells.shape[0], -1)
         m = self.pixel_mask(mask)
         feats, skips = self.encode(cells * (1 - m), mask, causal=True)
-        return self.decode(feats, skips, [target_cell], [target_cell - 1])[:, 0]
+        out = self.decode(feats, skips, [target_cell], [target_cell - 1])[:, 0]
+        return self._add_base(out, cells[:, target_cell - 1], self.residual_rows(task, cells.shape[0], out.device))
 
     def forward_ar(self, canvas: torch.Tensor, target: torch.Tensor | None = None,
-                   weights: dict[int, float] | None = None, beta: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+                   weights: dict[int, float] | None = None, beta: float = 0.01,
+                   task: TaskArg = None) -> tuple[torch.Tensor, torch.Tensor]:
         """AR visual-sentence loss (Eq. 2): ``P_y`` predicted from ``P_x``, ``Y`` from
         ``(P_x, P_y, X)``; only these label cells are supervised. ``canvas`` ``[B, 3, 2c, 2c]``
         is the input; ``target`` (default: the canvas) gives what the label cells are compared
         against. ``weights`` per label cell (default 1 each; a zero weight skips that pass);
-        ``beta``: the smooth-L1 transition (Painter's 0.01 is L1 for all practical purposes).
-        Returns (loss, predictions ``[B, 2, C, c, c]`` for ``P_y`` and ``Y``; zeros for a
-        skipped pass)."""
+        ``beta``: the smooth-L1 transition (Painter's 0.01 is L1 for all practical purposes);
+        ``task``: as in ``next_image``. Returns (loss, predictions ``[B, 2, C, c, c]`` for ``P_y``
+        and ``Y``; zeros for a skipped pass)."""
         cells = self.to_cells(canvas)
         tgt = cells if target is None else self.to_cells(target)
         w = {c: 1.0 for c in LABEL_CELLS} if weights is None else {c: weights.get(c, 1.0) for c in LABEL_CELLS}
@@ -301,42 +343,50 @@ class MVG(PretrainedMixin, nn.Module):
             if w[c] <= 0:
                 preds.append(torch.zeros_like(cells[:, c]))
                 continue
-            p = self.next_image(cells, c)
+            p = self.next_image(cells, c, task)
             preds.append(p)
             terms.append((w[c], F.smooth_l1_loss(p.float(), tgt[:, c].float(), beta=beta)))
         total = sum(wt for wt, _ in terms)
         loss = sum(wt * t for wt, t in terms) / max(total, 1e-8)
         return loss, torch.stack(preds, 1)
 
-    def forward_mim(self, canvas: torch.Tensor, token_mask: torch.Tensor,
-                    beta: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_mim(self, canvas: torch.Tensor, token_mask: torch.Tensor, beta: float = 0.01,
+                    task: TaskArg = None) -> tuple[torch.Tensor, torch.Tensor]:
         """MIM loss: masked tokens (``token_mask`` ``[B, 4g²]``, True = masked) are hidden from
         the network (pixels zeroed before the stem, token replaced by the mask token) and the
         smooth-L1 is averaged over the masked pixels only. As in the AR step, a label cell is
         decoded with the skips of its image cell (P_y with P_x's, Y with X's: the same place of
-        the picture), an image cell with its own. Returns (loss, predictions ``[B, 4, C, c, c]``)."""
+        the picture), an image cell with its own. For a residual task a label cell adds the
+        *visible* pixels of its image cell (a masked pixel stays hidden: the network predicts it
+        whole). Returns (loss, predictions ``[B, 4, C, c, c]``)."""
         cells = self.to_cells(canvas)
         m = self.pixel_mask(token_mask)
-        feats, skips = self.encode(cells * (1 - m), token_mask)
+        visible = cells * (1 - m)
+        feats, skips = self.encode(visible, token_mask)
         pred = self.decode(feats, skips, [0, 1, 2, 3], [0, 0, 2, 2])
+        base = torch.zeros_like(visible)
+        base[:, list(LABEL_CELLS)] = visible[:, [PROMPT_IMAGE, QUERY_IMAGE]]
+        pred = self._add_base(pred, base, self.residual_rows(task, cells.shape[0], pred.device))
         per_pixel = F.smooth_l1_loss(pred.float(), cells.float(), beta=beta, reduction="none")
         loss = (per_pixel * m).sum() / (m.sum() * cells.shape[2]).clamp_min(1.0)
         return loss, pred
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict(self, canvas: torch.Tensor, mode: str = "ar") -> torch.Tensor:
+    def predict(self, canvas: torch.Tensor, mode: str = "ar", task: TaskArg = None) -> torch.Tensor:
         """The ``Y`` cell predicted from ``P_x, P_y, X`` → ``[B, C, c, c]`` clamped to [-1, 1].
         ``mode="ar"``: the AR step for Y (block-causal, Y never seen); ``"mim"``: the whole Y cell
-        masked with full attention, decoded as in MIM training."""
+        masked with full attention, decoded as in MIM training. ``task`` (a name or ids ``[B]``)
+        matters only to a model with ``residual_tasks``."""
         cells = self.to_cells(canvas)
         if mode == "ar":
-            out = self.next_image(cells, QUERY_LABEL)
+            out = self.next_image(cells, QUERY_LABEL, task)
         elif mode == "mim":
             mask = (self.cell_id == QUERY_LABEL)[None].expand(cells.shape[0], -1)
             m = self.pixel_mask(mask)
             feats, skips = self.encode(cells * (1 - m), mask)
             out = self.decode(feats, skips, [QUERY_LABEL], [QUERY_IMAGE])[:, 0]
+            out = self._add_base(out, cells[:, QUERY_IMAGE], self.residual_rows(task, cells.shape[0], out.device))
         else:
             raise InvalidInputError(f"mode must be 'ar' or 'mim', got {mode!r}")
         return out.clamp(-1.0, 1.0)

@@ -22,7 +22,7 @@ from meditok.engine.logs import load_average
 from meditok.engine.loop import Loop
 from meditok.incontext.baselines import UNet, unet_preset
 from meditok.incontext.config import InContextConfig
-from meditok.incontext.episodes import EpisodeDataset, EpisodeSampler, canvas, collate
+from meditok.incontext.episodes import TASK_IDS, EpisodeDataset, EpisodeSampler, canvas, collate
 from meditok.incontext.model import MVG, mvg_preset, random_token_mask
 from meditok.incontext.sources import load_sources
 
@@ -58,15 +58,16 @@ def make_loss(cfg: InContextConfig):
     def mvg_loss(model, batch):
         m = unwrap(model)
         dev = m.pos.device
-        x, mim = batch["canvas"].to(dev), batch["mim"].to(dev)
+        x, mim, task = batch["canvas"].to(dev), batch["mim"].to(dev), batch["task"].to(dev)
         n, total, logs = x.shape[0], 0.0, {}
         if (~mim).any():
-            ar, _ = m.forward_ar(x[~mim], weights={1: d.ar_prompt_weight, 3: 1.0}, beta=d.loss_beta)
+            ar, _ = m.forward_ar(x[~mim], weights={1: d.ar_prompt_weight, 3: 1.0}, beta=d.loss_beta,
+                                 task=task[~mim])
             total = total + ar * (~mim).sum() / n
             logs["ar_loss"] = float(ar.detach())
         if mim.any():
             tm = random_token_mask(int(mim.sum()), m, d.mask_ratio, d.p_full_query_label, device=dev)
-            mm, _ = m.forward_mim(x[mim], tm, beta=d.loss_beta)
+            mm, _ = m.forward_mim(x[mim], tm, beta=d.loss_beta, task=task[mim])
             total = total + mm * mim.sum() / n
             logs["mim_loss"] = float(mm.detach())
         logs["mim_share"] = float(mim.float().mean())
@@ -90,10 +91,11 @@ def _monitor(sampler: EpisodeSampler, n: int, seed: int):
     rng = np.random.default_rng([seed, 99991])
     eps = [sampler.sample(rng) for _ in range(n)]
     x = torch.stack([canvas(e.cells) for e in eps])
+    task = torch.tensor([TASK_IDS[e.task] for e in eps])
 
     def evaluate(model, step: int) -> dict[str, Any]:
         m = unwrap(model)
-        pred = torch.cat([m.predict(x[i:i + 16]) for i in range(0, len(x), 16)])
+        pred = torch.cat([m.predict(x[i:i + 16], task=task[i:i + 16]) for i in range(0, len(x), 16)])
         tgt = x[:, :, x.shape[2] // 2:, x.shape[3] // 2:]
         err = (pred - tgt).abs().mean(dim=(1, 2, 3))
         out = {"monitor_l1": float(err.mean()), "monitor_episodes": len(eps)}
