@@ -180,3 +180,19 @@ def test_residual_tasks_add_the_visible_image_cell_to_restoration_labels_only():
         _tiny(residual_tasks=("segmentation",))
     with pytest.raises(Exception, match="unknown task"):
         res.predict(x, task="colourise")
+
+
+def test_residual_gate_starts_restoration_as_the_identity_and_learns():
+    """``residual_gate``: at init a denoising label is exactly its image cell (segmentation rows
+    unchanged), and the gate receives a gradient."""
+    plain = _tiny(residual_tasks=("denoising",))
+    gated = _tiny(residual_tasks=("denoising",), residual_gate=True)
+    x = torch.rand(2, 3, 64, 64) * 1.6 - 0.8
+    cells = gated.to_cells(x)
+    ids = torch.tensor([1, 0])
+    out = gated.next_image(cells, 3, ids)
+    assert torch.allclose(out[0], cells[0, 2])
+    assert torch.allclose(out[1], plain.next_image(cells, 3, ids)[1], atol=1e-6)
+    loss, _ = gated.forward_ar(x, task=ids)
+    loss.backward()
+    assert gated.residual_gate.grad is not None and float(gated.residual_gate.grad.abs()) > 0

@@ -98,6 +98,11 @@ class MVGConfig(Config):
     #: network, which caps its PSNR below that of a lightly corrupted input (MR denoising). Off in
     #: the shipped recipe: retrained with it, MR denoising did not improve (see the module docstring).
     residual_tasks: tuple[str, ...] = ()
+    #: With ``residual_tasks``: the correction is scaled by a learned gate that starts at 0, so a
+    #: restoration starts as the identity (the decoder's output is not zero at init, and it also
+    #: sees the image's raw pixels through the level-0 skip: without the gate it starts from
+    #: "image + a random image").
+    residual_gate: bool = False
     in_channels: int = 3
     #: How a file becomes a cell (CT window [-100, 200] HU as the paper).
     preprocess: PreprocessConfig = field(default_factory=_mvg_preprocess)
@@ -195,6 +200,7 @@ class MVG(PretrainedMixin, nn.Module):
             if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):  # default init shrinks the signal ~3x per layer
                 nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
                 nn.init.zeros_(mod.bias)
+        self.residual_gate = nn.Parameter(torch.zeros(())) if cfg.residual_tasks and cfg.residual_gate else None
         cell_id = self.token_cells(g)
         self.register_buffer("cell_id", cell_id, persistent=False)
         self.register_buffer("causal", cell_id[None, :] <= cell_id[:, None], persistent=False)
@@ -305,12 +311,14 @@ class MVG(PretrainedMixin, nn.Module):
         rows = torch.isin(task, ids)
         return rows if bool(rows.any()) else None
 
-    @staticmethod
-    def _add_base(out: torch.Tensor, base: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """``out + base`` on ``rows`` (the residual tasks), ``out`` elsewhere."""
+    def _add_base(self, out: torch.Tensor, base: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """``out + base`` on ``rows`` (the residual tasks; ``gate · out + base`` with
+        ``residual_gate``), ``out`` elsewhere."""
         if rows is None:
             return out
-        return out + base * rows.view(-1, *([1] * (out.dim() - 1))).to(out.dtype)
+        r = rows.view(-1, *([1] * (out.dim() - 1))).to(out.dtype)
+        corr = out if self.residual_gate is None else out * (1 + r * (self.residual_gate.to(out.dtype) - 1))
+        return corr + base * r
 
     # ------------------------------------------------------------------ objectives
     def next_image(self, cells: torch.Tensor, target_cell: int, task: TaskArg = None) -> torch.Tensor:
