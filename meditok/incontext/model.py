@@ -32,8 +32,8 @@ vessels within an hour of CPU; a skip path gives the local detail a 1-3 px vesse
 everything about the task still has to come through the transformer from the prompt.
 Stem and decoder run per cell (cells folded into the batch), so no convolution mixes two
 cells — required for the AR causality. With ``residual_tasks`` a restoration label is predicted
-as its image cell plus the decoded correction (tried for denoising and inpainting, not shipped:
-``benchmarks/results/incontext/residual_2600/``).
+as its image cell plus the decoded correction (``residual_gate``: scaled by a learned gate that
+starts at 0); tried for denoising and inpainting, not shipped: ``benchmarks/results/incontext/``.
 """
 from __future__ import annotations
 
