@@ -17,7 +17,7 @@ import torch
 from meditok.incontext.baselines import Identity
 from meditok.incontext.bench import RESTORATION_SETS
 from meditok.incontext.evaluate import evaluate_restoration
-from meditok.incontext.infer import as_method, load_model
+from meditok.incontext.infer import as_method, cell_size, load_model
 from meditok.incontext.sources import load_sources
 from meditok.utils.results import environment, markdown_table, write_results
 
@@ -36,21 +36,22 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     src, task, default_sigma, cases = RESTORATION_SETS["mr_denoise"]
     model = load_model(a.model)
-    named = [("corrupted input", Identity(64), "ar"), ("MVG (AR)", model, "ar"), ("MVG (MIM)", model, "mim")]
+    cell = cell_size(model)
+    named = [("corrupted input", Identity(cell), "ar"), ("MVG (AR)", model, "ar"), ("MVG (MIM)", model, "mim")]
     if a.specialist:
         named.append(("U-Net specialist", load_model(a.specialist), "ar"))
     source = load_sources(a.data, [src])[src]
     t0, rows, result = time.time(), [], {"model": a.model, "specialist": a.specialist, "levels": {}}
     for sigma in a.sigmas:
         methods = [as_method(n, m, mode) for n, m, mode in named]
-        r = evaluate_restoration(methods, source, task, 64, sigma, 0, cases)
+        r = evaluate_restoration(methods, source, task, cell, sigma, 0, cases)
         psnr = {k: round(v["psnr"], 2) for k, v in r["methods"].items()}
         result["levels"][str(sigma)] = {"cases": r["cases"], "psnr": psnr}
         rows.append([sigma, r["cases"], *[psnr[n] for n, _, _ in named]])
     result["wall_time_s"] = round(time.time() - t0, 1)
     result["environment"] = environment()
     md = (f"# MR denoising PSNR (dB) vs Rician sigma\n\nmodel {a.model}; the evaluation's level is {default_sigma}; "
-          f"64-px slices, {rows[0][1]} cases; wall {result['wall_time_s']} s\n\n"
+          f"{cell}-px slices, {rows[0][1]} cases; wall {result['wall_time_s']} s\n\n"
           + markdown_table(["sigma", "cases", *[n for n, _, _ in named]], rows) + "\n")
     write_results(a.out, "noise_sweep", result, md)
     print(md)

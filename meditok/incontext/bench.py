@@ -20,7 +20,7 @@ from meditok.incontext.evaluate import (
     restoration_table,
     segmentation_table,
 )
-from meditok.incontext.infer import Embedder, as_method, load_model
+from meditok.incontext.infer import Embedder, as_method, cell_size, load_model
 from meditok.incontext.sources import load_sources
 from meditok.incontext.tokens import TokenMVG
 from meditok.metrics.dense import DENSE_CONVENTIONS
@@ -33,10 +33,6 @@ RESTORATION_SETS = {"ct_denoise": ("ct_slices", "denoising", 5e4, None),
                     "mr_denoise": ("mr_slices", "denoising", 0.03, ["brain1"]),
                     "ct_inpaint": ("ct_slices", "inpainting", 0.0, None),
                     "mr_inpaint": ("mr_slices", "inpainting", 0.0, ["brain1"])}
-
-
-def _cell(model: Any) -> int:
-    return model.cell if isinstance(model, TokenMVG) else model.config.cell
 
 
 def run_evaluation(models: list[tuple[str, str]], out: str | Path, *, data_root: str = "../shared/data",
@@ -58,7 +54,7 @@ def run_evaluation(models: list[tuple[str, str]], out: str | Path, *, data_root:
     t0 = time.time()
     loaded = [(label, load_model(spec)) for label, spec in models]
     spec_models = {k: load_model(v) for k, v in specialists.items()}
-    cells = {_cell(m) for _, m in loaded} | {_cell(m) for m in spec_models.values()}
+    cells = {cell_size(m) for _, m in loaded} | {cell_size(m) for m in spec_models.values()}
     if len(cells) != 1:
         raise InvalidInputError(f"models with different cell sizes {sorted(cells)} cannot share prompts")
     cell = cells.pop()

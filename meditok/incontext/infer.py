@@ -62,6 +62,12 @@ def as_method(name: str, model: Any, mode: str = "ar", batch_size: int = 32) -> 
                   white=isinstance(model, UNet))
 
 
+def cell_size(model: Any) -> int:
+    """Pixels per canvas cell of an in-context model (MVG, U-Net, token GPT, baseline; DDP-wrapped too)."""
+    m = getattr(model, "module", model)
+    return m.cell if hasattr(m, "cell") else m.config.cell
+
+
 def load_model(spec: str | Path, device: str = "cpu") -> Any:
     """An in-context model from a directory or bundled name (MVG, token GPT or U-Net)."""
     from meditok.incontext.baselines import UNet

@@ -316,9 +316,9 @@ class MVG(PretrainedMixin, nn.Module):
         ``residual_gate``), ``out`` elsewhere."""
         if rows is None:
             return out
-        r = rows.view(-1, *([1] * (out.dim() - 1))).to(out.dtype)
-        corr = out if self.residual_gate is None else out * (1 + r * (self.residual_gate.to(out.dtype) - 1))
-        return corr + base * r
+        r = rows.view(-1, *([1] * (out.dim() - 1)))
+        corr = out if self.residual_gate is None else torch.where(r, out * self.residual_gate.to(out.dtype), out)
+        return corr + base * r.to(out.dtype)
 
     # ------------------------------------------------------------------ objectives
     def next_image(self, cells: torch.Tensor, target_cell: int, task: TaskArg = None) -> torch.Tensor:

@@ -23,6 +23,7 @@ from meditok.engine.loop import Loop
 from meditok.incontext.baselines import UNet, unet_preset
 from meditok.incontext.config import InContextConfig
 from meditok.incontext.episodes import TASK_IDS, EpisodeDataset, EpisodeSampler, canvas, collate
+from meditok.incontext.infer import cell_size
 from meditok.incontext.model import MVG, mvg_preset, random_token_mask
 from meditok.incontext.sources import load_sources
 
@@ -43,11 +44,6 @@ def build_model(cfg: InContextConfig) -> nn.Module:
         return UNet(unet_preset(cfg.preset, task=task.task, **cfg.model))
     from meditok.incontext.tokens import TokenMVG
     return TokenMVG.create(cfg.tokenizer, cfg.preset, **cfg.model)
-
-
-def cell_size(model: nn.Module) -> int:
-    m = unwrap(model)
-    return m.cell if hasattr(m, "cell") else m.config.cell
 
 
 def make_loss(cfg: InContextConfig):
