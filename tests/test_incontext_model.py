@@ -195,4 +195,38 @@ def test_residual_gate_starts_restoration_as_the_identity_and_learns():
     assert torch.allclose(out[1], plain.next_image(cells, 3, ids)[1], atol=1e-6)
     loss, _ = gated.forward_ar(x, task=ids)
     loss.backward()
-    assert gated.residual_gate.grad is not None and float(gated.residual_gate.grad.abs()) > 0
+    assert gated.restore.gate.grad is not None and float(gated.restore.gate.grad.abs()) > 0
+
+
+def test_residual_blend_mixes_the_plain_prediction_with_the_image_cell_per_pixel():
+    """``residual_blend``: a restoration label is ``x + α(p − x)`` with ``α`` = 0.5 at init, ``p``
+    the plain prediction (the same network without the rule); a pixel hidden from the network
+    is ``p`` alone; segmentation rows and image cells are ``p``; the plain prediction is
+    supervised too, and the blend head learns."""
+    plain = _tiny(residual_tasks=("denoising",))
+    blend = _tiny(residual_tasks=("denoising",), residual_blend=True)
+    x = torch.rand(2, 3, 64, 64) * 1.6 - 0.8
+    cells = blend.to_cells(x)
+    ids = torch.tensor([1, 0])  # denoising, segmentation
+    p = plain.next_image(cells, 3)  # same weights: the blend head is extra
+    out = blend.next_image(cells, 3, ids)
+    assert out.shape == p.shape
+    assert torch.allclose(out[0], 0.5 * (p[0] + cells[0, 2]), atol=1e-6)
+    assert torch.allclose(out[1], p[1], atol=1e-6)
+    tm = random_token_mask(2, blend, 0.5, generator=torch.Generator().manual_seed(0))
+    _, q0 = plain.forward_mim(x, tm)
+    _, q1 = blend.forward_mim(x, tm, task=ids)
+    m = blend.pixel_mask(tm)
+    vis = cells * (1 - m)
+    want = torch.where(m[0, [0, 2]].bool(), q0[0, [1, 3]], 0.5 * (q0[0, [1, 3]] + vis[0, [0, 2]]))
+    assert torch.allclose(q1[0, [1, 3]], want, atol=1e-6)
+    assert torch.allclose(q1[:, [0, 2]], q0[:, [0, 2]], atol=1e-6) and torch.allclose(q1[1], q0[1], atol=1e-6)
+    # the loss is the plain model's plus the blended term: larger, and both heads get gradients
+    l0, _ = plain.forward_ar(x, task=ids)
+    l1, _ = blend.forward_ar(x, task=ids)
+    assert float(l1.detach()) > float(l0)
+    l1.backward()
+    assert float(blend.restore.blend.weight.grad.abs().sum()) > 0
+    assert float(blend.out.weight.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="residual_blend"):
+        _tiny(residual_tasks=("denoising",), residual_blend=True, residual_gate=True)

@@ -42,6 +42,15 @@ def _results_lines(results: dict[str, Any], label: str) -> list[str]:
     return lines
 
 
+def _restoration_line(cfg: Any) -> str:
+    """How the model predicts restoration labels (``MVGConfig.residual_tasks``), for the card."""
+    if not cfg.residual_tasks:
+        return ""
+    how = ("the plain prediction blended per pixel with the query image by a learned gate" if cfg.residual_blend
+           else "the query image plus a gated correction" if cfg.residual_gate else "the query image plus a correction")
+    return f" Labels of {', '.join(cfg.residual_tasks)} are {how} (`meditok/incontext/restore.py`)."
+
+
 def model_card(model: MVG, name: str, results: dict[str, Any] | None = None, label: str | None = None) -> str:
     cfg, meta = model.config, model.config.meta or {}
     tr = meta.get("training") or {}
@@ -51,7 +60,7 @@ def model_card(model: MVG, name: str, results: dict[str, Any] | None = None, lab
              f"{cfg.heads} heads, {cfg.patch}-px tokens) over the 2x2 canvas [prompt image | prompt label / query image | "
              f"query label] of {cfg.cell}-px cells, head `{cfg.head}`, {model.num_parameters() / 1e6:.2f} M parameters. "
              "Trained with the paper's hybrid objective (segmentation 100 % autoregressive visual sentences; other "
-             "tasks 90 % masked image modelling / 10 % AR) on random in-context colours.", "",
+             "tasks 90 % masked image modelling / 10 % AR) on random in-context colours." + _restoration_line(cfg), "",
              "```bash",
              "meditok incontext run --prompt-image A.tif --prompt-label A_mask.png --query C.tif --out C_mask.png",
              "```", "", LICENCE_NOTE, "", "## Training", ""]

@@ -31,9 +31,8 @@ the paper's head with a patch-embedding ViT does not leave the all-background so
 vessels within an hour of CPU; a skip path gives the local detail a 1-3 px vessel needs, while
 everything about the task still has to come through the transformer from the prompt.
 Stem and decoder run per cell (cells folded into the batch), so no convolution mixes two
-cells — required for the AR causality. With ``residual_tasks`` a restoration label is predicted
-as its image cell plus the decoded correction (``residual_gate``: scaled by a learned gate that
-starts at 0); tried for denoising and inpainting, not shipped: ``benchmarks/results/incontext/``.
+cells — required for the AR causality. ``residual_tasks`` predicts a restoration label from its
+image cell (a correction, gated or blended: ``restore.py``); results in ``benchmarks/results/incontext/``.
 """
 from __future__ import annotations
 
@@ -50,6 +49,7 @@ from meditok.data.preprocess import PreprocessConfig
 from meditok.errors import InvalidInputError
 from meditok.incontext.episodes import TASK_IDS
 from meditok.incontext.layers import Block, LayerNorm2d, conv_block
+from meditok.incontext.restore import Restoration
 from meditok.utils.config import Config, choose_preset
 from meditok.utils.hub import PretrainedMixin
 
@@ -103,6 +103,10 @@ class MVGConfig(Config):
     #: sees the image's raw pixels through the level-0 skip: without the gate it starts from
     #: "image + a random image").
     residual_gate: bool = False
+    #: With ``residual_tasks``: the label is ``x + α·(p − x)``, the plain prediction ``p`` (also
+    #: supervised on its own) blended with the image cell ``x`` by a per-pixel gate ``α`` the
+    #: decoder predicts (``restore.py``). Excludes ``residual_gate``; ``unet`` head only.
+    residual_blend: bool = False
     in_channels: int = 3
     #: How a file becomes a cell (CT window [-100, 200] HU as the paper).
     preprocess: PreprocessConfig = field(default_factory=_mvg_preprocess)
@@ -127,6 +131,8 @@ class MVGConfig(Config):
             raise ValueError(f"model.residual_tasks: unknown {sorted(unknown)}; choose from {sorted(TASK_IDS)}")
         if "segmentation" in self.residual_tasks:
             raise ValueError("model.residual_tasks: a segmentation label is not its image plus a correction")
+        if self.residual_blend and (self.residual_gate or self.head != "unet" or not self.residual_tasks):
+            raise ValueError("model.residual_blend needs residual_tasks and head 'unet', and excludes residual_gate")
         if self.depth < 1 or self.dim < 8 or self.cell > 1024 or self.dim * self.depth > 1 << 16:
             raise ValueError("model: depth >= 1, dim >= 8, cell <= 1024 and a bounded size")
 
@@ -200,7 +206,8 @@ class MVG(PretrainedMixin, nn.Module):
             if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d)):  # default init shrinks the signal ~3x per layer
                 nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
                 nn.init.zeros_(mod.bias)
-        self.residual_gate = nn.Parameter(torch.zeros(())) if cfg.residual_tasks and cfg.residual_gate else None
+        self.restore = Restoration(cfg.residual_tasks, cfg.residual_gate, cfg.residual_blend,
+                                   width=cfg.stem_widths[0] if cfg.head == "unet" else 0)
         cell_id = self.token_cells(g)
         self.register_buffer("cell_id", cell_id, persistent=False)
         self.register_buffer("causal", cell_id[None, :] <= cell_id[:, None], persistent=False)
@@ -292,33 +299,13 @@ class MVG(PretrainedMixin, nn.Module):
                 w = F.interpolate(w, size=x.shape[-2:], mode="bilinear", align_corners=False)
                 w = w.view(w.shape[0], self.config.in_channels, x.shape[1] + 1, *x.shape[-2:])
                 out = out + (w[:, :, :-1] * x[:, None]).sum(2) + w[:, :, -1]
+            if self.restore.blend is not None:  # the blend logit rides as one more channel
+                out = torch.cat([out, self.restore.blend(x)], 1)
         return out.view(b, len(sources), *out.shape[1:])
 
     def residual_rows(self, task: TaskArg, batch: int, device: torch.device) -> torch.Tensor | None:
-        """Which rows of a batch add their image cell to the prediction (``residual_tasks``):
-        ``task`` is one task name for the whole batch, task ids ``[B]`` (``TASK_IDS``) or None
-        (no row)."""
-        if not self.config.residual_tasks or task is None:
-            return None
-        ids = torch.tensor([TASK_IDS[t] for t in self.config.residual_tasks], device=device)
-        if isinstance(task, str):
-            if task not in TASK_IDS:
-                raise InvalidInputError(f"unknown task {task!r}; choose from {sorted(TASK_IDS)}")
-            task = torch.full((batch,), TASK_IDS[task], device=device)
-        task = task.to(device)
-        if task.shape != (batch,):
-            raise InvalidInputError(f"task ids must have shape [{batch}], got {list(task.shape)}")
-        rows = torch.isin(task, ids)
-        return rows if bool(rows.any()) else None
-
-    def _add_base(self, out: torch.Tensor, base: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """``out + base`` on ``rows`` (the residual tasks; ``gate · out + base`` with
-        ``residual_gate``), ``out`` elsewhere."""
-        if rows is None:
-            return out
-        r = rows.view(-1, *([1] * (out.dim() - 1)))
-        corr = out if self.residual_gate is None else torch.where(r, out * self.residual_gate.to(out.dtype), out)
-        return corr + base * r.to(out.dtype)
+        """Which rows of a batch are restoration rows (``residual_tasks``); see ``Restoration.rows``."""
+        return self.restore.rows(task, batch, device)
 
     # ------------------------------------------------------------------ objectives
     def next_image(self, cells: torch.Tensor, target_cell: int, task: TaskArg = None) -> torch.Tensor:
@@ -327,11 +314,19 @@ class MVG(PretrainedMixin, nn.Module):
         are invisible too) and its pixels are decoded from the slot's features with the stem skips
         of the image before it (``P_x`` for ``P_y``, ``X`` for ``Y``) → ``[B, C, c, c]``. Rows of a
         residual task (``task``, see ``residual_rows``) add that image's pixels."""
+        return self._label_step(cells, target_cell, task)[0][:, 0]
+
+    def _label_step(self, cells: torch.Tensor, target_cell: int, task: TaskArg,
+                    causal: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The label cell ``target_cell`` hidden and decoded → (prediction ``[B, 1, C, c, c]``,
+        the decoder's raw output, the blended rows; see ``Restoration``)."""
         mask = (self.cell_id == target_cell)[None].expand(cells.shape[0], -1)
         m = self.pixel_mask(mask)
-        feats, skips = self.encode(cells * (1 - m), mask, causal=True)
-        out = self.decode(feats, skips, [target_cell], [target_cell - 1])[:, 0]
-        return self._add_base(out, cells[:, target_cell - 1], self.residual_rows(task, cells.shape[0], out.device))
+        feats, skips = self.encode(cells * (1 - m), mask, causal=causal)
+        out = self.decode(feats, skips, [target_cell], [target_cell - 1])
+        rows = self.residual_rows(task, cells.shape[0], out.device)
+        pred, blended = self.restore(out, cells[:, [target_cell - 1]], rows, [True])
+        return pred, out, blended
 
     def forward_ar(self, canvas: torch.Tensor, target: torch.Tensor | None = None,
                    weights: dict[int, float] | None = None, beta: float = 0.01,
@@ -351,9 +346,10 @@ class MVG(PretrainedMixin, nn.Module):
             if w[c] <= 0:
                 preds.append(torch.zeros_like(cells[:, c]))
                 continue
-            p = self.next_image(cells, c, task)
-            preds.append(p)
-            terms.append((w[c], F.smooth_l1_loss(p.float(), tgt[:, c].float(), beta=beta)))
+            p, out, blended = self._label_step(cells, c, task)
+            preds.append(p[:, 0])
+            aux = self.restore.aux_loss(out, tgt[:, [c]], blended, beta)
+            terms.append((w[c], F.smooth_l1_loss(p[:, 0].float(), tgt[:, c].float(), beta=beta) + aux))
         total = sum(wt for wt, _ in terms)
         loss = sum(wt * t for wt, t in terms) / max(total, 1e-8)
         return loss, torch.stack(preds, 1)
@@ -371,13 +367,14 @@ class MVG(PretrainedMixin, nn.Module):
         m = self.pixel_mask(token_mask)
         visible = cells * (1 - m)
         feats, skips = self.encode(visible, token_mask)
-        pred = self.decode(feats, skips, [0, 1, 2, 3], [0, 0, 2, 2])
+        out = self.decode(feats, skips, [0, 1, 2, 3], [0, 0, 2, 2])
         base = torch.zeros_like(visible)
         base[:, list(LABEL_CELLS)] = visible[:, [PROMPT_IMAGE, QUERY_IMAGE]]
-        pred = self._add_base(pred, base, self.residual_rows(task, cells.shape[0], pred.device))
+        rows = self.residual_rows(task, cells.shape[0], out.device)
+        pred, blended = self.restore(out, base, rows, [c in LABEL_CELLS for c in range(4)], hidden=m[:, [0, 0, 2, 2]])
         per_pixel = F.smooth_l1_loss(pred.float(), cells.float(), beta=beta, reduction="none")
         loss = (per_pixel * m).sum() / (m.sum() * cells.shape[2]).clamp_min(1.0)
-        return loss, pred
+        return loss + self.restore.aux_loss(out, cells, blended, beta, weight=m), pred
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -387,16 +384,10 @@ class MVG(PretrainedMixin, nn.Module):
         masked with full attention, decoded as in MIM training. ``task`` (a name or ids ``[B]``)
         matters only to a model with ``residual_tasks``."""
         cells = self.to_cells(canvas)
-        if mode == "ar":
-            out = self.next_image(cells, QUERY_LABEL, task)
-        elif mode == "mim":
-            mask = (self.cell_id == QUERY_LABEL)[None].expand(cells.shape[0], -1)
-            m = self.pixel_mask(mask)
-            feats, skips = self.encode(cells * (1 - m), mask)
-            out = self.decode(feats, skips, [QUERY_LABEL], [QUERY_IMAGE])[:, 0]
-            out = self._add_base(out, cells[:, QUERY_IMAGE], self.residual_rows(task, cells.shape[0], out.device))
-        else:
+        if mode not in ("ar", "mim"):
             raise InvalidInputError(f"mode must be 'ar' or 'mim', got {mode!r}")
+        # MIM mode: the whole Y cell masked with full attention, decoded as in MIM training
+        out = self._label_step(cells, QUERY_LABEL, task, causal=mode == "ar")[0][:, 0]
         return out.clamp(-1.0, 1.0)
 
 
