@@ -27,7 +27,7 @@ if [ -n "${THREADS:-}" ]; then TRAIN_THREADS=(--threads "$THREADS"); EVAL_THREAD
 if [ -z "${S1:-}" ]; then
   if [ -f meditok/weights/meditok-small-s1/config.json ]; then S1=meditok-small-s1; else S1=/work/runs/stage1_small/final; fi
 fi
-ORDER=("MedITok-small (shipped)" "text-only (no image)" "MedITok-small-S1 (stage 1 only)"
+ORDER=("MedITok-small (shipped)" "MedITok-small (shipped), mismatched images" "text-only (no image)" "MedITok-small-S1 (stage 1 only)"
        "MedITok-small, image-disjoint" "text-only, image-disjoint")
 
 log() { echo "[$(date '+%F %T')] load $(cut -d' ' -f1-3 /proc/loadavg): $*"; }
@@ -37,10 +37,11 @@ train() {  # train CONFIG [overrides...]: output in $RUNS/CONFIG, resumes from i
   meditok vqa train "configs/vqa/$cfg.yaml" --data.vqa_rad "$VQA_RAD" --loop.output_dir "$RUNS/$cfg" \
     --loop.progress false "${TRAIN_THREADS[@]}" "$@"
 }
-evaluate() {  # evaluate RUN LABEL
+evaluate() {  # evaluate RUN LABEL [eval options...]
   log "eval $1"
-  meditok vqa eval --model "$RUNS/$1/final" --label "$2" --vqa-rad "$VQA_RAD" --out "$RESULTS" --quiet \
-    "${EVAL_THREADS[@]}" --order "${ORDER[@]}"
+  local run=$1 label=$2; shift 2
+  meditok vqa eval --model "$RUNS/$run/final" --label "$label" --vqa-rad "$VQA_RAD" --out "$RESULTS" --quiet \
+    "${EVAL_THREADS[@]}" --order "${ORDER[@]}" "$@"
 }
 
 # The steps. Stage A trains the projector on image-caption pairs, stage B projector + LoRA on
@@ -55,6 +56,8 @@ main_b() {
 }
 main_eval() {
   evaluate stage_b_small "MedITok-small (shipped)"
+  # control: the same adapter, each test question shown another test image (what the image adds)
+  evaluate stage_b_small "MedITok-small (shipped), mismatched images" --mismatched-images
   python -c "from meditok.vqa.bundle import bundle_adapter; print(bundle_adapter(
     '$RUNS/stage_b_small/final', 'meditok-vqa-small', '$RESULTS/MedITok-small_shipped.json'))"
 }

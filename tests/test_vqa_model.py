@@ -22,8 +22,10 @@ pytest.importorskip("tokenizers", reason="the vqa extra (tokenizers) is not inst
 from PIL import Image
 
 from meditok.cli import main as cli_main
+from meditok.data.vqa_rad import load_vqa_rad
 from meditok.errors import InvalidInputError
 from meditok.tokenizer.model import MedITok
+from meditok.vqa.bench import mismatched_images, predict
 from meditok.vqa.config import PromptConfig, VQAModelConfig, VQATrainConfig
 from meditok.vqa.data import collate, pack_image
 from meditok.vqa.lm import load_lm
@@ -279,6 +281,17 @@ def test_train_stages_ask_and_eval_end_to_end(tmp_path, tiny_lm_dir, tiny_tokeni
     assert rec["questions"] == 3 and rec["scores"]["closed"]["n"] == 2
     preds = [json.loads(x) for x in (res / "tiny.predictions.jsonl").read_text().splitlines()]
     assert [p["qid"] for p in preds] == [11, 12, 13]
+    # the mismatched-image control: its own row, recorded as such, answers from other images' features
+    assert cli_main(["vqa", "eval", "--model", str(final), "--label", "tiny-mismatched", "--vqa-rad", str(vqa),
+                     "--out", str(res), "--quiet", "--mismatched-images"]) == 0
+    ctl = json.loads((res / "tiny-mismatched.json").read_text())
+    assert ctl["image_control"].startswith("mismatched") and rec["image_control"] is None
+    assert "| tiny-mismatched |" in (res / "vqa_rad.md").read_text()
+    items = load_vqa_rad(vqa, "test")
+    swap = mismatched_images(items)
+    assert set(swap) == set(swap.values()) and all(k != v for k, v in swap.items())
+    want = predict(b, items, progress=False, image_map=swap)
+    assert [json.loads(x)["prediction"] for x in (res / "tiny-mismatched.predictions.jsonl").read_text().splitlines()] == want
 
 
 def _input(model: VQAModel, path: Path) -> torch.Tensor:

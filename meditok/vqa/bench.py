@@ -42,8 +42,24 @@ def _item_dict(it: VQAItem) -> dict[str, Any]:
             "answer_type": it.answer_type, "question_types": list(it.question_types)}
 
 
-def predict(model: VQAModel, items: list[VQAItem], batch_size: int = 16, progress: bool = True) -> list[str]:
-    """Greedy answers for ``items`` (in order); features are computed once per image."""
+def mismatched_images(items: list[VQAItem], seed: int = 0) -> dict[str, str]:
+    """A control: every image of ``items`` mapped to *another* image of the same items (a fixed
+    derangement: the images in a seeded random order, each replaced by the next one) → path →
+    path. Answers on mismatched images keep the question and the language prior but not the
+    picture; what accuracy they lose is what the image contributes."""
+    paths = sorted({str(p) for p in images_of(items).values()})
+    if len(paths) < 2:
+        raise InvalidInputError("a mismatched-image control needs at least two distinct images")
+    g = torch.Generator().manual_seed(seed)
+    order = [paths[i] for i in torch.randperm(len(paths), generator=g).tolist()]
+    return {p: order[(i + 1) % len(order)] for i, p in enumerate(order)}
+
+
+def predict(model: VQAModel, items: list[VQAItem], batch_size: int = 16, progress: bool = True,
+            image_map: dict[str, str] | None = None) -> list[str]:
+    """Greedy answers for ``items`` (in order); features are computed once per image. With
+    ``image_map`` (path → path, see ``mismatched_images``) a question sees the mapped image."""
+    image_map = image_map or {}
     features = None
     if model.config.use_image:
         features = FeatureTable(model.tower, {str(p): None for p in images_of(items).values()},
@@ -58,7 +74,8 @@ def predict(model: VQAModel, items: list[VQAItem], batch_size: int = 16, progres
         chunks = tqdm(chunks, desc="answering")
     for chunk in chunks:
         qs = [items[i].question for i in chunk]
-        feats = torch.stack([features[str(items[i].image_path)] for i in chunk]) if features else None
+        feats = (torch.stack([features[image_map.get(str(items[i].image_path), str(items[i].image_path))]
+                              for i in chunk]) if features else None)
         for i, a in zip(chunk, model.generate(qs, features=feats)):
             answers[i] = a
     return answers
@@ -89,30 +106,35 @@ def _adapter_hash(path: Path) -> str:
 
 def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | Path, device: str = "cpu",
                    batch_size: int = 16, overwrite: bool = False, progress: bool = True,
-                   split: str = "test") -> dict[str, Any]:
-    """Answer every question of ``split`` with the adapter ``spec``; write and return its record."""
+                   split: str = "test", mismatched: bool = False) -> dict[str, Any]:
+    """Answer every question of ``split`` with the adapter ``spec``; write and return its record.
+    ``mismatched``: the image control (``mismatched_images``, seed 0) instead of each question's image."""
     out = Path(out_dir)
     path = resolve_checkpoint(spec)
     record_path = out / f"{_safe(label)}.json"
     digest = _adapter_hash(path)
+    control = "mismatched images (seed 0)" if mismatched else None
     if record_path.exists() and not overwrite:
         old = json.loads(record_path.read_text())
-        if old.get("adapter_sha256") == digest and old.get("split") == split:
+        if old.get("adapter_sha256") == digest and old.get("split") == split and old.get("image_control") == control:
             return old  # these predictions are of this very adapter: re-use them
         raise InvalidInputError(f"{record_path}: label {label!r} already holds results of another adapter "
                                 f"({old.get('model')}); pass --overwrite or choose another --label")
     items = load_vqa_rad(vqa_root, split)
     t0 = time.time()
     model = VQAModel.from_pretrained(path, map_location=device)
+    if mismatched and not model.config.use_image:
+        raise InvalidInputError(f"{path}: a text-only adapter has no image to mismatch")
     load_s = time.time() - t0
     t1, load_avg = time.time(), environment().get("load_average_1min")
-    preds = predict(model, items, batch_size, progress)
+    preds = predict(model, items, batch_size, progress, mismatched_images(items) if mismatched else None)
     wall = time.time() - t1
     rows = [{**_item_dict(it), "prediction": p} for it, p in zip(items, preds)]
     atomic_write_text(out / f"{_safe(label)}.predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     cfg = model.config
     record = {
         "label": label, "model": str(path), "adapter_sha256": digest, "split": split,
+        "image_control": control,
         "config": {"tokenizer": cfg.tokenizer, "lm": cfg.lm, "features": cfg.features,
                    "use_image": cfg.use_image, "lora_r": cfg.lora.r,
                    "tokenizer_identity": cfg.meta.get("tokenizer_identity")},

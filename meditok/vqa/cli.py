@@ -43,7 +43,7 @@ def _eval(args: argparse.Namespace) -> int:
     with output_lock(args.out):
         for spec, label in zip(models, labels):
             rec = evaluate_model(spec, label, args.vqa_rad, args.out, args.device, args.batch_size,
-                                 args.overwrite, not args.quiet)
+                                 args.overwrite, not args.quiet, mismatched=args.mismatched_images)
             s = rec["scores"]
             print(f"{label}: closed acc {pct(s['closed']['closed_accuracy'])} %, open recall "
                   f"{pct(s['open']['open_recall'])} %, open acc {pct(s['open']['open_accuracy'])} % "
@@ -99,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="result folder (predictions, per-model JSON, vqa_rad.md)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="re-answer even if predictions exist")
+    p.add_argument("--mismatched-images", action="store_true",
+                   help="control: each question sees another test image (fixed derangement, seed 0)")
     add_runtime_arguments(p)
     p.set_defaults(func=_eval)
 
