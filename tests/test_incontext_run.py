@@ -62,6 +62,15 @@ def test_run_restores_a_dicom_ct_slice_at_its_own_size(shared_data, tmp_path, ti
     assert rc == 0, capsys.readouterr().err
     assert np.asarray(Image.open(out)).shape[:2] == (512, 512)
     assert out.with_name("restored_overlay.png").exists()
+    # restoration is decoded in MIM mode by default (its training objective 90 % of the time)
+    args = ["incontext", "run", "--task", "denoising", "--prompt-image", str(dicoms[0]), "--prompt-label",
+            str(dicoms[1]), "--query", str(dicoms[5]), "--model", tiny_ckpt]
+    got = {}
+    for mode in ("mim", "ar"):
+        o = tmp_path / f"restored_{mode}.png"
+        assert main(args + ["--out", str(o), "--inference", mode]) == 0
+        got[mode] = np.asarray(Image.open(o))
+    assert np.array_equal(np.asarray(Image.open(out)), got["mim"]) and not np.array_equal(got["mim"], got["ar"])
 
 
 def test_run_segments_a_nifti_slice_in_whole_mode(shared_data, tmp_path, tiny_ckpt, capsys):

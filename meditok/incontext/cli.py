@@ -56,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
 
     apply_threads(args)
     res = run_incontext(args.prompt_image, args.prompt_label, args.query, args.out, task=args.task,
-                        model=args.model, mode=args.mode, scale=args.scale, prompt_select=args.prompt_select,
+                        model=args.model, mode=args.mode, inference=args.inference, scale=args.scale,
+                        prompt_select=args.prompt_select,
                         modality=args.modality, overwrite=args.overwrite, device=args.device)
     print(f"{res.out} written ({res.mode}, {res.tiles} tile(s)); panel {res.overlay}")
     return 0
@@ -117,6 +118,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="native px -> model px for tiling (DRIVE-like fundus 1.0, ~1000 px fundus 0.6, "
                         "512 px CT 0.25)")
     p.add_argument("--prompt-select", default="position", choices=["position", "random", "nearest"])
+    p.add_argument("--inference", default="auto", choices=["auto", "ar", "mim"],
+                   help="objective the label is decoded with; auto: the one the task was mostly trained with "
+                        "(segmentation AR, denoising / inpainting MIM)")
     p.add_argument("--modality", default=None, help="modality hint (ct turns 16-bit / NIfTI values into HU)")
     add_runtime_arguments(p, quiet=False)
     p.add_argument("--overwrite", action="store_true")

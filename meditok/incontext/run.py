@@ -117,10 +117,17 @@ def _panel(tiles: list[np.ndarray], height: int = 256) -> np.ndarray:
 def run_incontext(prompt_image: str | Path, prompt_label: str | Path, query: str | Path, out: str | Path, *,
                   task: str = "segmentation", model: str | Path | None = None, mode: str = "auto",
                   scale: float = 1.0, prompt_select: str = "position", modality: str | None = None,
-                  overwrite: bool = False, device: str = "cpu", model_obj: Any = None) -> RunResult:
-    """Predict ``query``'s label image from one prompt pair; write ``out`` and ``*_overlay.png``."""
+                  overwrite: bool = False, device: str = "cpu", model_obj: Any = None,
+                  inference: str = "auto") -> RunResult:
+    """Predict ``query``'s label image from one prompt pair; write ``out`` and ``*_overlay.png``.
+    ``inference``: the objective the label is decoded with — ``auto`` is the one each task was
+    mostly trained with (segmentation: AR, 100 % of its episodes; denoising / inpainting: MIM, 90 %)."""
     if task not in RUN_TASKS:
         raise InvalidInputError(f"--task must be one of {RUN_TASKS}, got {task!r}")
+    if inference not in ("auto", "ar", "mim"):
+        raise InvalidInputError(f"--inference must be auto, ar or mim, got {inference!r}")
+    if inference == "auto":
+        inference = "ar" if task == "segmentation" else "mim"
     if mode not in ("auto", "tiled", "whole"):
         raise InvalidInputError(f"--mode must be auto, tiled or whole, got {mode!r}")
     if prompt_select not in STRATEGIES:
@@ -143,7 +150,7 @@ def run_incontext(prompt_image: str | Path, prompt_label: str | Path, query: str
         pre = _mvg_preprocess()
     px = read_unit(prompt_image, pre, modality)
     x = read_unit(query, pre, modality)
-    method = as_method("model", net)
+    method = as_method("model", net, inference)
     out.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(out, is_dir=False):
         if task == "segmentation":
