@@ -2,7 +2,7 @@
 # Reproduce the in-context family (issue 12): the shipped pixel MVG meditok-mvg-small, its baselines
 # (U-Net specialists), the Table-5 "isolated" model, the token-space GPT, the evaluation and the bundle.
 #
-#   bash scripts/train_incontext.sh small      # meditok-mvg-small (1300 + 1300 steps; ~75 min on 1 shared CPU thread)
+#   bash scripts/train_incontext.sh small      # meditok-mvg-small (1300 + 1300 + 1300 steps; ~55-100 min on 1 shared CPU thread)
 #   bash scripts/train_incontext.sh unets      # U-Net specialists: DRIVE vessels, denoising, inpainting (~20 min)
 #   bash scripts/train_incontext.sh isolated   # the same MVG on DRIVE alone, same DRIVE episodes (~20 min)
 #   bash scripts/train_incontext.sh token      # MedITok-token GPT on the same DRIVE episodes (~30 min)
@@ -27,10 +27,11 @@ train() {  # train CONFIG NAME: skipped when the final model exists
 }
 
 case "${1:-all}" in
-  small)    # as shipped: 1300 steps on a 1300-step cosine, then resumed with loop.steps 2600 (the scheduler
-            # follows the 2600-step cosine from step 1301 on: LR back to ~5e-4, down to 1e-5 at 2600)
-            if [ ! -f "$RUNS/mvg_small/final/config.json" ] || ! grep -q '"steps": 2600' "$RUNS/mvg_small/final/config.json"; then
-              for n in 1300 2600; do
+  small)    # as shipped: 1300 steps on a 1300-step cosine, then resumed with loop.steps 2600 and 3900 (the
+            # scheduler follows the longer cosine from each resume on; the third phase was added after the
+            # 2600-step model missed the CHASE target by 0.9 %, see configs/incontext/small.yaml)
+            if [ ! -f "$RUNS/mvg_small/final/config.json" ] || ! grep -q '"steps": 3900' "$RUNS/mvg_small/final/config.json"; then
+              for n in 1300 2600 3900; do
                 meditok incontext train configs/incontext/small.yaml --data.root "$DATA" \
                   --loop.output_dir "$RUNS/mvg_small" --loop.steps "$n"
               done
