@@ -60,7 +60,7 @@ class Restoration(nn.Module):
         rows = torch.isin(task, ids)
         return rows if bool(rows.any()) else None
 
-    def __call__(self, out: torch.Tensor, base: torch.Tensor, rows: torch.Tensor | None,
+    def forward(self, out: torch.Tensor, base: torch.Tensor, rows: torch.Tensor | None,
                  labels: list[bool], hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decoder output ``out`` ``[B, S, C(+1), c, c]`` of sources whose label flags are
         ``labels`` (length S), their image cells ``base`` ``[B, S, C, c, c]`` (zeros where not a
