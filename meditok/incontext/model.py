@@ -49,15 +49,13 @@ from meditok.data.preprocess import PreprocessConfig
 from meditok.errors import InvalidInputError
 from meditok.incontext.episodes import TASK_IDS
 from meditok.incontext.layers import Block, LayerNorm2d, conv_block
-from meditok.incontext.restore import Restoration
+from meditok.incontext.restore import Restoration, TaskArg
 from meditok.utils.config import Config, choose_preset
 from meditok.utils.hub import PretrainedMixin
 
 #: Canvas cells in raster order.
 PROMPT_IMAGE, PROMPT_LABEL, QUERY_IMAGE, QUERY_LABEL = 0, 1, 2, 3
 LABEL_CELLS = (PROMPT_LABEL, QUERY_LABEL)
-#: A batch's task: one name for every row, task ids ``[B]`` (``TASK_IDS``), or None.
-TaskArg = str | torch.Tensor | None
 HEADS = ("unet", "painter")
 
 
@@ -303,17 +301,13 @@ class MVG(PretrainedMixin, nn.Module):
                 out = torch.cat([out, self.restore.blend(x)], 1)
         return out.view(b, len(sources), *out.shape[1:])
 
-    def residual_rows(self, task: TaskArg, batch: int, device: torch.device) -> torch.Tensor | None:
-        """Which rows of a batch are restoration rows (``residual_tasks``); see ``Restoration.rows``."""
-        return self.restore.rows(task, batch, device)
-
     # ------------------------------------------------------------------ objectives
     def next_image(self, cells: torch.Tensor, target_cell: int, task: TaskArg = None) -> torch.Tensor:
         """One AR step: the cell ``target_cell`` is the next image of the sentence. Its slot holds
         mask tokens (its pixels are never seen), attention is block-causal (so the cells after it
         are invisible too) and its pixels are decoded from the slot's features with the stem skips
         of the image before it (``P_x`` for ``P_y``, ``X`` for ``Y``) → ``[B, C, c, c]``. Rows of a
-        residual task (``task``, see ``residual_rows``) add that image's pixels."""
+        residual task (``task``, see ``Restoration.rows``) also use that image's pixels."""
         return self._label_step(cells, target_cell, task)[0][:, 0]
 
     def _label_step(self, cells: torch.Tensor, target_cell: int, task: TaskArg,
@@ -324,7 +318,7 @@ class MVG(PretrainedMixin, nn.Module):
         m = self.pixel_mask(mask)
         feats, skips = self.encode(cells * (1 - m), mask, causal=causal)
         out = self.decode(feats, skips, [target_cell], [target_cell - 1])
-        rows = self.residual_rows(task, cells.shape[0], out.device)
+        rows = self.restore.rows(task, cells.shape[0], out.device)
         pred, blended = self.restore(out, cells[:, [target_cell - 1]], rows, [True])
         return pred, out, blended
 
@@ -370,7 +364,7 @@ class MVG(PretrainedMixin, nn.Module):
         out = self.decode(feats, skips, [0, 1, 2, 3], [0, 0, 2, 2])
         base = torch.zeros_like(visible)
         base[:, list(LABEL_CELLS)] = visible[:, [PROMPT_IMAGE, QUERY_IMAGE]]
-        rows = self.residual_rows(task, cells.shape[0], out.device)
+        rows = self.restore.rows(task, cells.shape[0], out.device)
         pred, blended = self.restore(out, base, rows, [c in LABEL_CELLS for c in range(4)], hidden=m[:, [0, 0, 2, 2]])
         per_pixel = F.smooth_l1_loss(pred.float(), cells.float(), beta=beta, reduction="none")
         loss = (per_pixel * m).sum() / (m.sum() * cells.shape[2]).clamp_min(1.0)

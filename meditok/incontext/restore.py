@@ -24,6 +24,7 @@ from torch import nn
 from meditok.errors import InvalidInputError
 from meditok.incontext.episodes import TASK_IDS
 
+#: A batch's task: one name for every row, task ids ``[B]`` (``TASK_IDS``), or None.
 TaskArg = str | torch.Tensor | None
 
 

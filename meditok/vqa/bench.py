@@ -119,7 +119,8 @@ def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | P
         if old.get("adapter_sha256") == digest and old.get("split") == split and old.get("image_control") == control:
             return old  # these predictions are of this very adapter: re-use them
         raise InvalidInputError(f"{record_path}: label {label!r} already holds results of another adapter "
-                                f"({old.get('model')}); pass --overwrite or choose another --label")
+                                f"or image control ({old.get('model')}, {old.get('image_control')}); pass --overwrite "
+                                "or choose another --label")
     items = load_vqa_rad(vqa_root, split)
     t0 = time.time()
     model = VQAModel.from_pretrained(path, map_location=device)
