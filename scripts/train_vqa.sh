@@ -2,7 +2,7 @@
 # Reproduce the shipped VQA adapter meditok-vqa-small and every row of
 # benchmarks/results/vqa/vqa_rad.md on 2 CPU cores.
 #
-#   bash scripts/train_vqa.sh            # everything (~1.5-2 h of compute on 2 idle cores)
+#   bash scripts/train_vqa.sh            # everything (~4-5 h of compute on 2 idle cores)
 #   bash scripts/train_vqa.sh main       # the shipped adapter only: stage A + B, its eval, bundle
 #
 # Needs the vqa extra and the LM package:
@@ -27,8 +27,10 @@ if [ -n "${THREADS:-}" ]; then TRAIN_THREADS=(--threads "$THREADS"); EVAL_THREAD
 if [ -z "${S1:-}" ]; then
   if [ -f meditok/weights/meditok-small-s1/config.json ]; then S1=meditok-small-s1; else S1=/work/runs/stage1_small/final; fi
 fi
-ORDER=("MedITok-small (shipped)" "MedITok-small (shipped), mismatched images" "text-only (no image)" "MedITok-small-S1 (stage 1 only)"
-       "MedITok-small, image-disjoint" "text-only, image-disjoint")
+ORDER=("MedITok-small (shipped, val-selected epoch)" "MedITok-small (shipped), mismatched images"
+       "text-only (no image), val-selected epoch" "MedITok-small-S1 (stage 1 only), val-selected epoch"
+       "MedITok-small, fixed 3 epochs (shipped before)" "MedITok-small, fixed 3 epochs, mismatched images"
+       "text-only (no image), fixed 3 epochs" "MedITok-small, image-disjoint, 1 epoch" "text-only, image-disjoint, 1 epoch")
 
 log() { echo "[$(date '+%F %T')] load $(cut -d' ' -f1-3 /proc/loadavg): $*"; }
 train() {  # train CONFIG [overrides...]: output in $RUNS/CONFIG, resumes from its newest checkpoint
@@ -37,45 +39,54 @@ train() {  # train CONFIG [overrides...]: output in $RUNS/CONFIG, resumes from i
   meditok vqa train "configs/vqa/$cfg.yaml" --data.vqa_rad "$VQA_RAD" --loop.output_dir "$RUNS/$cfg" \
     --loop.progress false "${TRAIN_THREADS[@]}" "$@"
 }
-evaluate() {  # evaluate RUN LABEL [eval options...]
+evaluate() {  # evaluate ADAPTER LABEL [eval options...]   (ADAPTER relative to $RUNS)
   log "eval $1"
   local run=$1 label=$2; shift 2
-  meditok vqa eval --model "$RUNS/$run/final" --label "$label" --vqa-rad "$VQA_RAD" --out "$RESULTS" --quiet \
+  meditok vqa eval --model "$RUNS/$run" --label "$label" --vqa-rad "$VQA_RAD" --out "$RESULTS" --quiet \
     "${EVAL_THREADS[@]}" --order "${ORDER[@]}" "$@"
 }
 
 # The steps. Stage A trains the projector on image-caption pairs, stage B projector + LoRA on
 # VQA-RAD training QA (configs/vqa/*.yaml say what each one is).
 main_a() { train stage_a_small --data.manifest "$MANIFEST"; }
-# Stage B as shipped: epoch 1 on a one-epoch cosine (157 steps), then resumed with loop.steps 471 for
-# epochs 2-3 (the scheduler follows the three-epoch cosine from step 158 on: LR back to ~0.75 x peak).
-# The text-only baseline gets exactly the same two phases.
-B_STEPS=(157 471)
-main_b() {
-  for n in "${B_STEPS[@]}"; do train stage_b_small --init_from "$RUNS/stage_a_small/final" --loop.steps "$n"; done
-}
+# Stage B as shipped: 5 epochs on train-val (train without the validation split), answering val after
+# every epoch; RUN/best is the epoch with the highest val closed accuracy (meditok.vqa.select).
+main_b() { train stage_b_small_val --init_from "$RUNS/stage_a_small/final"; }
 main_eval() {
-  evaluate stage_b_small "MedITok-small (shipped)"
+  evaluate stage_b_small_val/best "MedITok-small (shipped, val-selected epoch)"
   # control: the same adapter, each test question shown another test image (what the image adds)
-  evaluate stage_b_small "MedITok-small (shipped), mismatched images" --mismatched-images
+  evaluate stage_b_small_val/best "MedITok-small (shipped), mismatched images" --mismatched-images
   python -c "from meditok.vqa.bundle import bundle_adapter; print(bundle_adapter(
-    '$RUNS/stage_b_small/final', 'meditok-vqa-small', '$RESULTS/MedITok-small_shipped.json'))"
+    '$RUNS/stage_b_small_val/best', 'meditok-vqa-small', '$RESULTS/MedITok-small_shipped_val-selected_epoch.json'))"
 }
+# The text-only baseline: the same data, schedule and validation rule, no image.
 text_only() {
-  for n in "${B_STEPS[@]}"; do train stage_b_text_only --loop.steps "$n"; done
-  evaluate stage_b_text_only "text-only (no image)"
+  train stage_b_text_only_val
+  evaluate stage_b_text_only_val/best "text-only (no image), val-selected epoch"
 }
-# image-disjoint: stage B only on training images that are not test images, with and without the image
-disjoint_image() {
-  train stage_b_small_disjoint --init_from "$RUNS/stage_a_small/final"
-  evaluate stage_b_small_disjoint "MedITok-small, image-disjoint"
-}
-disjoint_text() { train stage_b_text_only_disjoint && evaluate stage_b_text_only_disjoint "text-only, image-disjoint"; }
 s1_a() { train stage_a_s1 --data.manifest "$MANIFEST" --model.tokenizer "$S1"; }
 s1_b() {
-  train stage_b_s1 --init_from "$RUNS/stage_a_s1/final" --model.tokenizer "$S1"
-  evaluate stage_b_s1 "MedITok-small-S1 (stage 1 only)"
+  train stage_b_s1_val --init_from "$RUNS/stage_a_s1/final" --model.tokenizer "$S1"
+  evaluate stage_b_s1_val/best "MedITok-small-S1 (stage 1 only), val-selected epoch"
 }
+# Earlier rows (kept for comparison): stage B on all of train for a fixed 3 epochs — epoch 1 on a
+# one-epoch cosine (157 steps), then resumed with loop.steps 471 (the scheduler follows the three-epoch
+# cosine from step 158 on) — with and without the image; and image-disjoint training for one epoch.
+B_STEPS=(157 471)
+fixed_b() {
+  for n in "${B_STEPS[@]}"; do train stage_b_small --init_from "$RUNS/stage_a_small/final" --loop.steps "$n"; done
+  evaluate stage_b_small/final "MedITok-small, fixed 3 epochs (shipped before)"
+  evaluate stage_b_small/final "MedITok-small, fixed 3 epochs, mismatched images" --mismatched-images
+}
+fixed_text() {
+  for n in "${B_STEPS[@]}"; do train stage_b_text_only --loop.steps "$n"; done
+  evaluate stage_b_text_only/final "text-only (no image), fixed 3 epochs"
+}
+disjoint_image() {
+  train stage_b_small_disjoint --init_from "$RUNS/stage_a_small/final"
+  evaluate stage_b_small_disjoint/final "MedITok-small, image-disjoint, 1 epoch"
+}
+disjoint_text() { train stage_b_text_only_disjoint && evaluate stage_b_text_only_disjoint/final "text-only, image-disjoint, 1 epoch"; }
 
 done_file() { echo "$RUNS/.done-$1"; }  # a finished step leaves this stamp (delete it to redo)
 if [ "${1:-}" = "--steps" ]; then  # internal: run the named steps (inside one lock hold)
@@ -106,10 +117,12 @@ group() {  # group STEP...: one hold of LOCK, at most SESSION seconds, started a
   exit 1
 }
 
-# Groups sized to about 20-50 min each on 2 shared cores (fewer waits for a shared lock).
+# Groups sized to about 20-60 min each on 2 shared cores (fewer waits for a shared lock).
 group main_a
 if [ "${1:-all}" = main ]; then group main_b main_eval; exit 0; fi
-group main_b main_eval disjoint_image
-group text_only disjoint_text
+group main_b main_eval
+group text_only
 group s1_a s1_b
+group fixed_b disjoint_image
+group fixed_text disjoint_text
 log "done; table: $RESULTS/vqa_rad.md"

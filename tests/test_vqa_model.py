@@ -25,7 +25,8 @@ from meditok.cli import main as cli_main
 from meditok.data.vqa_rad import load_vqa_rad
 from meditok.errors import InvalidInputError
 from meditok.tokenizer.model import MedITok
-from meditok.vqa.bench import mismatched_images, predict
+from meditok.utils.hub import WEIGHTS_NAME, read_state
+from meditok.vqa.bench import evaluate_model, mismatched_images, predict
 from meditok.vqa.config import PromptConfig, VQAModelConfig, VQATrainConfig
 from meditok.vqa.data import collate, pack_image
 from meditok.vqa.lm import load_lm
@@ -298,3 +299,47 @@ def _input(model: VQAModel, path: Path) -> torch.Tensor:
     from meditok.data.preprocess import load_image
 
     return load_image(path, model.tower.tokenizer.config.preprocess)[None]
+
+
+@pytest.mark.slow
+def test_stage_b_selects_its_epoch_on_the_validation_split(tmp_path, tiny_lm_dir, tiny_tokenizer_dir, one_thread):
+    vqa = _mini_vqa_rad(tmp_path / "vqa_rad")
+    train = json.loads((vqa / "trainset.json").read_text())
+    extra = [{"qid": 100 + k, "image_name": f"img{k % 2}.jpg", "image_organ": "CHEST", "answer": "no" if k % 3 else "yes",
+              "answer_type": "CLOSED", "question_type": "PRES", "question": f"Is finding {k} present?",
+              "phrase_type": "freeform"} for k in range(24)]  # more questions about the two test images
+    (vqa / "trainset.json").write_text(json.dumps(train + extra))
+    val = load_vqa_rad(vqa, "val")
+    assert val and {it.image_name for it in val} <= {"img0.jpg", "img1.jpg"}
+    cfg = VQATrainConfig.from_dict({
+        "stage": "B", "model": {"lm": str(tiny_lm_dir), "tokenizer": str(tiny_tokenizer_dir), "lora": {"r": 4, "alpha": 8}},
+        "data": {"vqa_rad": str(vqa), "train_split": "train-val"},
+        "loop": {"steps": 3, "batch_size": 2, "ckpt_every": 1, "eval_every": 1, "progress": False, "device": "cpu",
+                 "warmup_steps": 0, "lr": 1e-2, "output_dir": str(tmp_path / "b")}})
+    cfg.save(tmp_path / "b.yaml")
+    assert cli_main(["vqa", "train", str(tmp_path / "b.yaml")]) == 0
+    final = VQAModel.config_from_pretrained(tmp_path / "b" / "final")
+    assert final.meta["training"]["data"]["qa"] == len(train) + len(extra) - len(val)
+    curve = json.loads((tmp_path / "b" / "val" / "curve.json").read_text())
+    assert sorted(map(int, curve["points"])) == [1, 2, 3] and curve["questions"] == len(val)
+    accs = {int(k): v["closed_accuracy"] for k, v in curve["points"].items()}
+    best = VQAModel.from_pretrained(tmp_path / "b" / "best")
+    sel = best.config.meta["training"]["selection"]
+    assert sel["selected_step"] == min(k for k in accs if accs[k] == max(accs.values()))  # earliest of the best
+    assert best.config.meta["training"]["steps"] == sel["selected_step"]
+    assert best.config.meta["training"]["trained_steps"] == 3
+    snap = read_state(tmp_path / "b" / "val" / f"step_{sel['selected_step']:06d}" / WEIGHTS_NAME)
+    assert snap.keys() == best.state_dict().keys()
+    assert all(torch.equal(v, best.state_dict()[k]) for k, v in snap.items())
+    # the score that chose it is what `meditok vqa eval --split val` measures on the saved adapter
+    res = tmp_path / "res"
+    assert cli_main(["vqa", "eval", "--model", str(tmp_path / "b" / "best"), "--label", "best", "--vqa-rad", str(vqa),
+                     "--out", str(res), "--quiet", "--split", "val"]) == 0
+    rec = json.loads((res / "best.json").read_text())
+    assert rec["split"] == "val" and rec["questions"] == len(val)
+    assert rec["scores"]["closed"]["closed_accuracy"] == accs[sel["selected_step"]]
+    assert "val split" in (res / "vqa_rad.md").read_text()
+    # an adapter trained on all of train has seen the val questions: refused
+    plain = _model(tiny_lm_dir, tiny_tokenizer_dir).save_pretrained(tmp_path / "plain")
+    with pytest.raises(InvalidInputError, match="train-val"):
+        evaluate_model(str(plain), "plain", vqa, res, split="val", progress=False)

@@ -7,12 +7,14 @@ import pytest
 
 from meditok.data.vqa_rad import (
     QUESTION_TYPES,
+    VAL_FRACTION,
     description,
     disjoint_train,
     image_overlap,
     load_vqa_rad,
     majority_answers,
     question_types,
+    validation_split,
 )
 from meditok.errors import InvalidInputError
 from meditok.metrics.text import exact_match, normalize_answer, token_recall, vqa_scores
@@ -105,7 +107,7 @@ def test_vqa_rad_reader_errors(tmp_path):
     with pytest.raises(InvalidInputError, match="x.jpg"):
         load_vqa_rad(tmp_path, "test")
     with pytest.raises(InvalidInputError, match="split"):
-        load_vqa_rad(tmp_path, "val")
+        load_vqa_rad(tmp_path, "validation")
 
 
 def test_description_uses_only_own_answers(shared_data):
@@ -115,3 +117,27 @@ def test_description_uses_only_own_answers(shared_data):
     text = description(items[0].organ, items)
     modality = next(it.answer.lower() for it in items if "MODALITY" in it.question_types and not it.closed)
     assert modality in text and text.startswith("This is")
+
+
+def test_validation_split_is_shaped_like_test_and_leaks_nothing(shared_data):
+    root = shared_data / "vqa_rad"
+    train, test = load_vqa_rad(root, "train"), load_vqa_rad(root, "test")
+    rest, val = load_vqa_rad(root, "train-val"), load_vqa_rad(root, "val")
+    # a partition of the training questions, the same on every call
+    assert sorted(it.qid for it in rest + val) == sorted(it.qid for it in train)
+    assert [it.qid for it in val] == [it.qid for it in validation_split(train, test)[1]]
+    assert {it.split for it in val} == {"val"} and {it.split for it in rest} == {"train"}
+    # like test: questions about test images that training still shows through other questions
+    test_images = {it.image_name for it in test}
+    assert {it.image_name for it in val} <= test_images
+    assert {it.image_name for it in val} <= {it.image_name for it in rest}
+    assert {it.image_name for it in rest} == {it.image_name for it in train}
+    # no held-out question is also asked of the same image in training (repeats go together)
+    assert not {(it.image_name, it.question.lower()) for it in val} & {
+        (it.image_name, it.question.lower()) for it in rest}
+    groups = {(it.image_name, it.question.lower()) for it in train if it.image_name in test_images}
+    share = len({(it.image_name, it.question.lower()) for it in val}) / len(groups)
+    assert abs(share - VAL_FRACTION) < 0.04
+    assert 0.35 < sum(it.closed for it in val) / len(val) < 0.75
+    other = validation_split(train, test, seed=1)[1]
+    assert {it.qid for it in other} != {it.qid for it in val}

@@ -11,19 +11,30 @@ irregularities this reader smooths out once, so that every consumer sees the sam
 The official split re-uses images: every one of the 203 test images is also a training image
 (same file name and content). :func:`image_overlap` measures that, and :func:`disjoint_train`
 gives the training items whose image never appears in the test split.
+
+The release has no validation split, so model choices made on ``test`` would be tuned on it.
+:func:`validation_split` holds one out of ``train`` that looks like ``test`` does: questions
+about the test images, which stay in training through their other questions. The derived
+splits ``val`` and ``train-val`` (training without it) load like the released ones.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import Counter
+import random
+from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from meditok.errors import InvalidInputError
 
 SPLITS = {"train": "trainset.json", "test": "testset.json"}
+#: Splits derived from ``train`` by :func:`validation_split` (fixed fraction and seed, so every
+#: run and every evaluation sees the same ones).
+DERIVED_SPLITS = ("val", "train-val")
+VAL_FRACTION = 0.2
+VAL_SEED = 0
 ANSWER_TYPES = ("CLOSED", "OPEN")
 #: Canonical question types of VQA-RAD (Lau et al., Table 2).
 QUESTION_TYPES = ("PRES", "POS", "ABN", "SIZE", "MODALITY", "PLANE", "ORGAN", "ATTRIB", "COLOR",
@@ -72,14 +83,19 @@ def question_types(raw: str) -> tuple[str, ...]:
 
 
 def load_vqa_rad(root: str | Path, split: str) -> list[VQAItem]:
-    """All QA items of ``split`` (``train`` / ``test``) under ``root``, in file order.
+    """All QA items of ``split`` under ``root``, in file order: ``train`` / ``test`` as released,
+    or ``val`` / ``train-val`` (:func:`validation_split` of ``train``).
 
     Raises :class:`InvalidInputError` naming the file when the folder, the JSON or an image is
     missing or a record lacks a field.
     """
     root = Path(root)
+    if split in DERIVED_SPLITS:
+        rest, val = validation_split(load_vqa_rad(root, "train"), load_vqa_rad(root, "test"))
+        return val if split == "val" else rest
     if split not in SPLITS:
-        raise InvalidInputError(f"VQA-RAD split must be one of {sorted(SPLITS)}, got {split!r}")
+        raise InvalidInputError(f"VQA-RAD split must be one of {sorted(SPLITS) + list(DERIVED_SPLITS)}, "
+                                f"got {split!r}")
     path = root / SPLITS[split]
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
@@ -156,6 +172,37 @@ def disjoint_train(train: list[VQAItem], test: list[VQAItem]) -> list[VQAItem]:
         if md5_cache[it.image_name] not in te_md5:
             keep.append(it)
     return keep
+
+
+def validation_split(train: list[VQAItem], test: list[VQAItem], fraction: float = VAL_FRACTION,
+                     seed: int = VAL_SEED) -> tuple[list[VQAItem], list[VQAItem]]:
+    """``(train without val, val)``: a validation split shaped like the official test split.
+
+    Candidates are the training questions about test images (every test question is about an
+    image seen in training). Each distinct (image, question) — repeats of a question go
+    together, so none leaks — is held out with probability ``fraction`` (seeded), keeping at
+    least one question of every image in training. Stage A never sees these images (it drops
+    test images), so nothing of a held-out question reaches training.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    test_images = set(images_of(test))
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, it in enumerate(train):
+        if it.image_name in test_images:
+            groups[it.image_name][it.question.lower()].append(i)
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for name in sorted(groups):
+        questions = sorted(groups[name])
+        picked = [q for q in questions if rng.random() < fraction]
+        if len(picked) == len(questions):
+            picked = picked[:-1]  # the image keeps one question in training
+        for q in picked:
+            held.update(groups[name][q])
+    rest = [it for i, it in enumerate(train) if i not in held]
+    val = [replace(it, split="val") for i, it in enumerate(train) if i in held]
+    return rest, val
 
 
 def majority_answers(train: list[VQAItem]) -> dict[str, str]:

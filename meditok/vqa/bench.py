@@ -1,4 +1,4 @@
-"""``meditok vqa eval``: VQA-RAD test-split evaluation, one row per model plus baselines.
+"""``meditok vqa eval``: VQA-RAD test-split (or val-split) evaluation, one row per model plus baselines.
 
 Every question of the split is answered greedily; closed questions are scored by normalised
 exact match, open ones by token recall (LLaVA-Med) and exact match, per answer type and per
@@ -126,6 +126,10 @@ def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | P
     model = VQAModel.from_pretrained(path, map_location=device)
     if mismatched and not model.config.use_image:
         raise InvalidInputError(f"{path}: a text-only adapter has no image to mismatch")
+    trained_on = (model.config.meta.get("training", {}).get("data") or {}).get("train_split", "train")
+    if split == "val" and trained_on != "train-val":
+        raise InvalidInputError(f"{path}: trained on {trained_on!r}, which holds the val questions; "
+                                "val scores only adapters trained with data.train_split train-val")
     load_s = time.time() - t0
     t1, load_avg = time.time(), environment().get("load_average_1min")
     preds = predict(model, items, batch_size, progress, mismatched_images(items) if mismatched else None)
@@ -161,7 +165,9 @@ def build_table(vqa_root: str | Path, out_dir: str | Path, split: str = "test",
                 order: list[str] | None = None) -> dict[str, Any]:
     """Rebuild ``vqa_rad.{json,md}`` from every ``<label>.json`` in ``out_dir`` + baselines."""
     out = Path(out_dir)
-    train, test = load_vqa_rad(vqa_root, "train"), load_vqa_rad(vqa_root, split)
+    # baselines learn from what the evaluated models trained on: train-val when scoring val
+    train = load_vqa_rad(vqa_root, "train-val" if split == "val" else "train")
+    test = load_vqa_rad(vqa_root, split)
     items = [_item_dict(it) for it in test]
     records = {}
     for p in sorted(out.glob("*.json")):

@@ -43,12 +43,13 @@ def _eval(args: argparse.Namespace) -> int:
     with output_lock(args.out):
         for spec, label in zip(models, labels):
             rec = evaluate_model(spec, label, args.vqa_rad, args.out, args.device, args.batch_size,
-                                 args.overwrite, not args.quiet, mismatched=args.mismatched_images)
+                                 args.overwrite, not args.quiet, split=args.split,
+                                 mismatched=args.mismatched_images)
             s = rec["scores"]
             print(f"{label}: closed acc {pct(s['closed']['closed_accuracy'])} %, open recall "
                   f"{pct(s['open']['open_recall'])} %, open acc {pct(s['open']['open_accuracy'])} % "
                   f"({rec['questions']} questions, {rec['eval_wall_s']} s)")
-        result = build_table(args.vqa_rad, args.out, order=args.order or labels)
+        result = build_table(args.vqa_rad, args.out, split=args.split, order=args.order or labels)
     print(f"table with {len(result['order'])} model(s) + baselines written to {args.out}/vqa_rad.md")
     return 0
 
@@ -91,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_train_arguments(p)
     p.set_defaults(func=_train)
 
-    p = verbs.add_parser("eval", help="score adapters on the full VQA-RAD test split (+ baselines)")
+    p = verbs.add_parser("eval", help="score adapters on the full VQA-RAD test (or val) split (+ baselines)")
     p.add_argument("--model", action="append", help=f"adapter folder or bundled name (repeatable; default {DEFAULT_MODEL})")
     p.add_argument("--label", action="append", help="row name per --model")
     p.add_argument("--order", nargs="*", help="row order of the table (labels)")
@@ -101,6 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="re-answer even if predictions exist")
     p.add_argument("--mismatched-images", action="store_true",
                    help="control: each question sees another test image (fixed derangement, seed 0)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="test (the release's 451 questions) or val (questions held out of train; "
+                        "for adapters trained with data.train_split train-val)")
     add_runtime_arguments(p)
     p.set_defaults(func=_eval)
 

@@ -108,6 +108,10 @@ class VQADataConfig(Config):
     image_disjoint: bool = False
     #: Stage A always drops VQA-RAD test images (its pairs then carry no test-image leakage).
     stage_a_drop_test_images: bool = True
+    #: Stage B's QA: ``train`` (the release) or ``train-val`` (without the validation split of
+    #: :func:`meditok.data.vqa_rad.validation_split`, which is then answered every
+    #: ``loop.eval_every`` steps and selects ``{output_dir}/best``; see :mod:`meditok.vqa.select`).
+    train_split: str = "train"
     #: Longest packed sequence in tokens (an image with more QA is split into several).
     max_tokens: int = 512
     #: Pack all questions of one image into one sequence with a shared-prefix attention mask
@@ -119,6 +123,11 @@ class VQADataConfig(Config):
     def validate(self) -> None:
         if self.per_caption < 0 or self.max_tokens < 16 or self.feature_batch < 1:
             raise ValueError("data: per_caption >= 0, max_tokens >= 16, feature_batch >= 1")
+        if self.train_split not in ("train", "train-val"):
+            raise ValueError(f"data.train_split must be train or train-val, got {self.train_split!r}")
+        if self.train_split == "train-val" and self.image_disjoint:
+            raise ValueError("data.train_split train-val holds out questions about test images, which "
+                             "data.image_disjoint removes altogether: use one of them")
 
 
 @dataclass

@@ -38,6 +38,7 @@ from meditok.vqa.data import (
 )
 from meditok.vqa.lm import lm_identity, load_lm
 from meditok.vqa.model import VQAModel, parameter_summary
+from meditok.vqa.select import ValidationTracker
 
 CHECKPOINT_FORMAT = "meditok-vqa"
 
@@ -95,10 +96,14 @@ def build_dataset(cfg: VQATrainConfig, model: VQAModel, progress: bool = True) -
                      "dropped_test_images": stats.dropped_test_images,
                      "distinct_captions": len(stats.per_caption)})
     else:
-        items = disjoint_train(train, test) if d.image_disjoint else train
+        if d.image_disjoint:
+            items = disjoint_train(train, test)
+        else:
+            items = load_vqa_rad(d.vqa_rad, d.train_split) if d.train_split != "train" else train
         groups = qa_groups(items)
         modalities = {k: None for k in groups}
-        info.update({"qa": len(items), "images": len(groups), "image_disjoint": d.image_disjoint})
+        info.update({"qa": len(items), "images": len(groups), "image_disjoint": d.image_disjoint,
+                     "train_split": d.train_split})
     if not groups:
         raise InvalidInputError("no training pairs (check data.manifest / data.vqa_rad)")
     features = None
@@ -129,8 +134,11 @@ def train(cfg: VQATrainConfig, progress: bool = True) -> dict[str, Any]:
     if len(dataset) < cfg.loop.batch_size:
         raise InvalidInputError(f"{len(dataset)} sequences < loop.batch_size {cfg.loop.batch_size}")
     out_dir = Path(cfg.loop.output_dir)
+    tracker = None
+    if cfg.stage == "B" and cfg.data.train_split == "train-val":
+        tracker = ValidationTracker(load_vqa_rad(cfg.data.vqa_rad, "val"), out_dir)
     loop = Loop(model, _loss, dataset, cfg.loop, fmt=CHECKPOINT_FORMAT, collate=dataset.collate,
-                run_config=cfg.to_dict())
+                run_config=cfg.to_dict(), evaluate=tracker)
     result = loop.run()
     if not loop.dist.is_main:
         return result
@@ -153,4 +161,7 @@ def train(cfg: VQATrainConfig, progress: bool = True) -> dict[str, Any]:
     }
     model.save_pretrained(final)
     result.update({"final": str(final), "data": info})
+    if tracker is not None:  # after `final`: this swaps the model's weights for the chosen ones
+        result["best"] = str(out_dir / "best")
+        result["selection"] = tracker.write_best(model, out_dir / "best", per_epoch)
     return result

@@ -1,0 +1,88 @@
+"""Early stopping on a held-out validation split (``data.train_split: train-val``).
+
+VQA-RAD ships no validation split; choosing the epoch count on ``test`` would tune on it. With
+``train-val`` the run trains without :func:`meditok.data.vqa_rad.validation_split`'s questions,
+answers them every ``loop.eval_every`` steps, keeps an adapter snapshot per evaluation in
+``{output_dir}/val/``, and at the end writes ``{output_dir}/best``: the snapshot with the highest
+validation closed accuracy (the earliest on ties), decided before any test question is answered.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from meditok.data.vqa_rad import VAL_FRACTION, VAL_SEED, VQAItem
+from meditok.errors import InvalidInputError
+from meditok.metrics.text import vqa_scores
+from meditok.utils.hub import WEIGHTS_NAME, read_state
+from meditok.utils.io import atomic_write_text
+
+CURVE_NAME = "curve.json"
+RULE = "highest validation closed accuracy; the earliest evaluation on ties"
+
+
+class ValidationTracker:
+    """The ``evaluate`` hook of :class:`meditok.engine.loop.Loop`: answers the validation split,
+    stores the adapter as ``val/step_NNNNNN`` and the curve in ``val/curve.json`` (kept across
+    resumed sessions, keyed by step)."""
+
+    def __init__(self, items: list[VQAItem], out_dir: str | Path, batch_size: int = 16):
+        if not items:
+            raise InvalidInputError("the validation split is empty (too few training questions about "
+                                    "test images): train on data.train_split train instead")
+        self.items = items
+        self.dir = Path(out_dir) / "val"
+        self.batch_size = batch_size
+
+    def curve(self) -> dict[int, dict[str, Any]]:
+        path = self.dir / CURVE_NAME
+        if not path.is_file():
+            return {}
+        return {int(k): v for k, v in json.loads(path.read_text())["points"].items()}
+
+    def __call__(self, model, step: int) -> dict[str, Any]:
+        from meditok.vqa.bench import _item_dict, predict
+
+        preds = predict(model, self.items, self.batch_size, progress=False)
+        s = vqa_scores([_item_dict(it) for it in self.items], preds)
+        point = {"closed_accuracy": s["closed"]["closed_accuracy"], "open_recall": s["open"]["open_recall"],
+                 "open_accuracy": s["open"]["open_accuracy"], "snapshot": f"step_{step:06d}"}
+        model.save_pretrained(self.dir / point["snapshot"])
+        curve = self.curve()
+        curve[step] = point
+        atomic_write_text(self.dir / CURVE_NAME, json.dumps(
+            {"split": "val", "fraction": VAL_FRACTION, "seed": VAL_SEED, "questions": len(self.items),
+             "points": {str(k): curve[k] for k in sorted(curve)}}, indent=2) + "\n")
+        return {f"val_{k}": v for k, v in point.items() if k != "snapshot"}
+
+    def best(self) -> tuple[int, dict[str, Any]] | None:
+        """The selected evaluation ``(step, point)`` by :data:`RULE`, or ``None`` before any."""
+        curve = self.curve()
+        if not curve:
+            return None
+        step = max(sorted(curve), key=lambda k: curve[k]["closed_accuracy"] or 0.0)  # max keeps the first
+        return step, curve[step]
+
+    def write_best(self, model, destination: str | Path, per_epoch: float) -> dict[str, Any] | None:
+        """Save the selected snapshot's weights as ``destination`` with ``model``'s config, its
+        ``meta.training`` re-stated for the selected step plus the whole curve. Call after the
+        final adapter is saved: the model's weights are replaced by the snapshot's."""
+        chosen = self.best()
+        if chosen is None:
+            return None
+        step, point = chosen
+        model.load_state_dict(read_state(self.dir / point["snapshot"] / WEIGHTS_NAME))
+        curve = self.curve()
+        selection = {"rule": RULE, "selected_step": step, "selected_epochs": round(step / per_epoch, 2),
+                     "val_questions": len(self.items), "val_fraction": VAL_FRACTION, "val_seed": VAL_SEED,
+                     "curve": [{"step": k, "epochs": round(k / per_epoch, 2),
+                                **{m: v for m, v in curve[k].items() if m != "snapshot"}} for k in sorted(curve)]}
+        meta = dict(model.config.meta)
+        training = dict(meta.get("training", {}))
+        training.update({"trained_steps": training.get("steps"), "steps": step,
+                         "epochs": round(step / per_epoch, 2), "selection": selection})
+        meta["training"] = training
+        model.config.meta = meta
+        model.save_pretrained(destination)
+        return selection
