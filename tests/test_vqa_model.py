@@ -328,6 +328,7 @@ def test_stage_b_selects_its_epoch_on_the_validation_split(tmp_path, tiny_lm_dir
     assert sel["selected_step"] == min(k for k in accs if accs[k] == max(accs.values()))  # earliest of the best
     assert best.config.meta["training"]["steps"] == sel["selected_step"]
     assert best.config.meta["training"]["trained_steps"] == 3
+    assert f"step {sel['selected_step']} of 3" in (tmp_path / "b" / "best" / "README.md").read_text()
     snap = read_state(tmp_path / "b" / "val" / f"step_{sel['selected_step']:06d}" / WEIGHTS_NAME)
     assert snap.keys() == best.state_dict().keys()
     assert all(torch.equal(v, best.state_dict()[k]) for k, v in snap.items())

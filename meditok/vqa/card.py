@@ -48,6 +48,13 @@ def model_card(config: VQAModelConfig) -> str:
                   (f"- {st.get('steps')} steps ({st.get('epochs')} epochs), wall {st.get('wall_time_s')} s, "
                   f"load {st.get('load_average')}"),
                   f"- data: `{json.dumps(st.get('data', {}), default=str)[:700]}`"]
+        sel = st.get("selection")
+        if sel:
+            curve = ", ".join(f"{p['epochs']}: {_pct(p['closed_accuracy'])}" for p in sel.get("curve", []))
+            lines.append(f"- epoch chosen on the validation split ({sel.get('val_questions')} training questions "
+                         f"held out, fraction {sel.get('val_fraction')}, seed {sel.get('val_seed')}): val closed "
+                         f"accuracy by epoch {curve} → step {sel.get('selected_step')} of "
+                         f"{st.get('trained_steps')} ({sel.get('rule')})")
         if st.get("command"):
             lines.append(f"- command: `{st['command']}` on {st.get('machine')} ({st.get('device')}, "
                          f"{st.get('precision')})")
