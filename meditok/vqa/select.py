@@ -17,6 +17,7 @@ from meditok.errors import InvalidInputError
 from meditok.metrics.text import vqa_scores
 from meditok.utils.hub import WEIGHTS_NAME, read_state
 from meditok.utils.io import atomic_write_text
+from meditok.vqa.bench import _item_dict, predict
 
 CURVE_NAME = "curve.json"
 RULE = "highest validation closed accuracy; the earliest evaluation on ties"
@@ -42,8 +43,6 @@ class ValidationTracker:
         return {int(k): v for k, v in json.loads(path.read_text())["points"].items()}
 
     def __call__(self, model, step: int) -> dict[str, Any]:
-        from meditok.vqa.bench import _item_dict, predict
-
         preds = predict(model, self.items, self.batch_size, progress=False)
         s = vqa_scores([_item_dict(it) for it in self.items], preds)
         point = {"closed_accuracy": s["closed"]["closed_accuracy"], "open_recall": s["open"]["open_recall"],
