@@ -121,15 +121,17 @@ def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | P
         raise InvalidInputError(f"{record_path}: label {label!r} already holds results of another adapter "
                                 f"or image control ({old.get('model')}, {old.get('image_control')}); pass --overwrite "
                                 "or choose another --label")
+    if split == "val":  # checked from the config, before the LM is loaded
+        meta = VQAModel.config_from_pretrained(path).meta
+        trained_on = (meta.get("training", {}).get("data") or {}).get("train_split", "train")
+        if trained_on != "train-val":
+            raise InvalidInputError(f"{path}: trained on {trained_on!r}, which holds the val questions; "
+                                    "val scores only adapters trained with data.train_split train-val")
     items = load_vqa_rad(vqa_root, split)
     t0 = time.time()
     model = VQAModel.from_pretrained(path, map_location=device)
     if mismatched and not model.config.use_image:
         raise InvalidInputError(f"{path}: a text-only adapter has no image to mismatch")
-    trained_on = (model.config.meta.get("training", {}).get("data") or {}).get("train_split", "train")
-    if split == "val" and trained_on != "train-val":
-        raise InvalidInputError(f"{path}: trained on {trained_on!r}, which holds the val questions; "
-                                "val scores only adapters trained with data.train_split train-val")
     load_s = time.time() - t0
     t1, load_avg = time.time(), environment().get("load_average_1min")
     preds = predict(model, items, batch_size, progress, mismatched_images(items) if mismatched else None)

@@ -55,9 +55,10 @@ class ValidationTracker:
              "points": {str(k): curve[k] for k in sorted(curve)}}, indent=2) + "\n")
         return {f"val_{k}": v for k, v in point.items() if k != "snapshot"}
 
-    def best(self) -> tuple[int, dict[str, Any]] | None:
-        """The selected evaluation ``(step, point)`` by :data:`RULE`, or ``None`` before any."""
-        curve = self.curve()
+    def best(self, curve: dict[int, dict[str, Any]] | None = None) -> tuple[int, dict[str, Any]] | None:
+        """The selected evaluation ``(step, point)`` of ``curve`` (default: the stored one) by
+        :data:`RULE`, or ``None`` before any."""
+        curve = self.curve() if curve is None else curve
         if not curve:
             return None
         step = max(sorted(curve), key=lambda k: curve[k]["closed_accuracy"] or 0.0)  # max keeps the first
@@ -67,12 +68,12 @@ class ValidationTracker:
         """Save the selected snapshot's weights as ``destination`` with ``model``'s config, its
         ``meta.training`` re-stated for the selected step plus the whole curve. Call after the
         final adapter is saved: the model's weights are replaced by the snapshot's."""
-        chosen = self.best()
+        curve = self.curve()
+        chosen = self.best(curve)
         if chosen is None:
             return None
         step, point = chosen
         model.load_state_dict(read_state(self.dir / point["snapshot"] / WEIGHTS_NAME))
-        curve = self.curve()
         selection = {"rule": RULE, "selected_step": step, "selected_epochs": round(step / per_epoch, 2),
                      "val_questions": len(self.items), "val_fraction": VAL_FRACTION, "val_seed": VAL_SEED,
                      "curve": [{"step": k, "epochs": round(k / per_epoch, 2),

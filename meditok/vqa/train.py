@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from meditok.data.vqa_rad import disjoint_train, image_overlap, load_vqa_rad
+from meditok.data.vqa_rad import disjoint_train, image_overlap, load_vqa_rad, validation_split
 from meditok.engine.logs import load_average
 from meditok.engine.loop import Loop
 from meditok.errors import InvalidInputError
@@ -98,8 +98,10 @@ def build_dataset(cfg: VQATrainConfig, model: VQAModel, progress: bool = True) -
     else:
         if d.image_disjoint:
             items = disjoint_train(train, test)
+        elif d.train_split == "train-val":
+            items = validation_split(train, test)[0]  # the same split load_vqa_rad(..., "val") gives
         else:
-            items = load_vqa_rad(d.vqa_rad, d.train_split) if d.train_split != "train" else train
+            items = train
         groups = qa_groups(items)
         modalities = {k: None for k in groups}
         info.update({"qa": len(items), "images": len(groups), "image_disjoint": d.image_disjoint,
