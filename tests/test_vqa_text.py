@@ -141,3 +141,27 @@ def test_validation_split_is_shaped_like_test_and_leaks_nothing(shared_data):
     assert 0.35 < sum(it.closed for it in val) / len(val) < 0.75
     other = validation_split(train, test, seed=1)[1]
     assert {it.qid for it in other} != {it.qid for it in val}
+
+
+def test_choose_run_uses_validation_only(tmp_path):
+    """The shipped adapter is the train-val run with the best selected val closed accuracy
+    (first listed on ties); a run without a curve and best/ adapter is refused by name."""
+    from meditok.vqa.select import best_point, choose_run, read_curve
+
+    def run(name: str, closed: list[float]) -> str:
+        d = tmp_path / name
+        (d / "val").mkdir(parents=True)
+        (d / "best").mkdir()
+        points = {str(157 * (i + 1)): {"closed_accuracy": c, "open_recall": 0.9, "snapshot": f"step_{157 * (i + 1):06d}"}
+                  for i, c in enumerate(closed)}
+        (d / "val" / "curve.json").write_text(json.dumps({"points": points}))
+        return str(d)
+
+    a, b, c = run("a", [0.50, 0.62, 0.60]), run("b", [0.55, 0.62]), run("c", [0.40, 0.61])
+    assert best_point(read_curve(a)) == (314, read_curve(a)[314])  # earliest of the maximum
+    assert best_point({}) is None and read_curve(tmp_path / "nothing") == {}
+    assert choose_run([a, b, c]) == (tmp_path / "a", 0.62)
+    assert choose_run([c, b, a]) == (tmp_path / "b", 0.62)  # a tie keeps the first listed
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InvalidInputError, match="d: no validation curve"):
+        choose_run([a, tmp_path / "d"])

@@ -194,10 +194,15 @@ class MedITok(PretrainedMixin, nn.Module):
         return self.detokenize(self.tokenize(images, precision), precision)
 
     @torch.no_grad()
+    def encoder_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Pre-quantisation encoder tokens ``[B, h*w, width]`` (fp32), one per grid position."""
+        tokens, _ = self.encoder(self._check_images(images))
+        return tokens.float()
+
+    @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Mean of the pre-quantisation encoder tokens, ``[B, width]`` (semantic features)."""
-        tokens, _ = self.encoder(self._check_images(images))
-        return tokens.float().mean(dim=1)
+        return self.encoder_tokens(images).mean(dim=1)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:

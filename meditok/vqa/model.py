@@ -57,8 +57,7 @@ class VisionTower(nn.Module):
         tok = self.tokenizer
         with torch.autocast(device_type=images.device.type, enabled=False):
             if self.kind == "encoder":
-                tok.tokenize(images)  # the tokenizer's own input checks (shape, range)
-                feats, _ = tok.encoder(images.float())
+                feats = tok.encoder_tokens(images.float())
             else:
                 latents = tok.codes_to_latents(tok.tokenize(images))
                 feats = latents if self.kind == "codes" else tok.post_quant_proj(latents.float())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from meditok.data.vqa_rad import VAL_FRACTION, VAL_SEED, VQAItem
 from meditok.errors import InvalidInputError
@@ -21,6 +21,38 @@ from meditok.vqa.bench import _item_dict, predict
 
 CURVE_NAME = "curve.json"
 RULE = "highest validation closed accuracy; the earliest evaluation on ties"
+
+
+def read_curve(run: str | Path) -> dict[int, dict[str, Any]]:
+    """The validation curve ``{step: point}`` of a run folder (empty before any evaluation)."""
+    path = Path(run) / "val" / CURVE_NAME
+    if not path.is_file():
+        return {}
+    return {int(k): v for k, v in json.loads(path.read_text())["points"].items()}
+
+
+def best_point(curve: dict[int, dict[str, Any]]) -> tuple[int, dict[str, Any]] | None:
+    """The evaluation ``(step, point)`` of ``curve`` that :data:`RULE` selects, ``None`` if empty."""
+    if not curve:
+        return None
+    step = max(sorted(curve), key=lambda k: curve[k]["closed_accuracy"] or 0.0)  # max keeps the first
+    return step, curve[step]
+
+
+def choose_run(runs: Sequence[str | Path]) -> tuple[Path, float]:
+    """Among finished train-val runs (different towers or tokenizers, one recipe), the one whose
+    selected evaluation has the highest validation closed accuracy — the first listed on ties —
+    and that accuracy. Test answers play no part; it is how the shipped adapter is chosen."""
+    scored = []
+    for run in map(Path, runs):
+        chosen = best_point(read_curve(run))
+        if chosen is None or not (run / "best").is_dir():
+            raise InvalidInputError(f"{run}: no validation curve and best/ adapter (not a finished "
+                                    "data.train_split: train-val run)")
+        scored.append((run, chosen[1]["closed_accuracy"] or 0.0))
+    if not scored:
+        raise InvalidInputError("choose_run: no runs given")
+    return max(scored, key=lambda rs: rs[1])  # max keeps the first of equals
 
 
 class ValidationTracker:
@@ -37,10 +69,7 @@ class ValidationTracker:
         self.batch_size = batch_size
 
     def curve(self) -> dict[int, dict[str, Any]]:
-        path = self.dir / CURVE_NAME
-        if not path.is_file():
-            return {}
-        return {int(k): v for k, v in json.loads(path.read_text())["points"].items()}
+        return read_curve(self.dir.parent)
 
     def __call__(self, model, step: int) -> dict[str, Any]:
         preds = predict(model, self.items, self.batch_size, progress=False)
@@ -58,11 +87,7 @@ class ValidationTracker:
     def best(self, curve: dict[int, dict[str, Any]] | None = None) -> tuple[int, dict[str, Any]] | None:
         """The selected evaluation ``(step, point)`` of ``curve`` (default: the stored one) by
         :data:`RULE`, or ``None`` before any."""
-        curve = self.curve() if curve is None else curve
-        if not curve:
-            return None
-        step = max(sorted(curve), key=lambda k: curve[k]["closed_accuracy"] or 0.0)  # max keeps the first
-        return step, curve[step]
+        return best_point(self.curve() if curve is None else curve)
 
     def write_best(self, model, destination: str | Path, per_epoch: float) -> dict[str, Any] | None:
         """Save the selected snapshot's weights as ``destination`` with ``model``'s config, its
