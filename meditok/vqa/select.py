@@ -84,17 +84,12 @@ class ValidationTracker:
              "points": {str(k): curve[k] for k in sorted(curve)}}, indent=2) + "\n")
         return {f"val_{k}": v for k, v in point.items() if k != "snapshot"}
 
-    def best(self, curve: dict[int, dict[str, Any]] | None = None) -> tuple[int, dict[str, Any]] | None:
-        """The selected evaluation ``(step, point)`` of ``curve`` (default: the stored one) by
-        :data:`RULE`, or ``None`` before any."""
-        return best_point(self.curve() if curve is None else curve)
-
     def write_best(self, model, destination: str | Path, per_epoch: float) -> dict[str, Any] | None:
         """Save the selected snapshot's weights as ``destination`` with ``model``'s config, its
         ``meta.training`` re-stated for the selected step plus the whole curve. Call after the
         final adapter is saved: the model's weights are replaced by the snapshot's."""
         curve = self.curve()
-        chosen = self.best(curve)
+        chosen = best_point(curve)
         if chosen is None:
             return None
         step, point = chosen
