@@ -2,6 +2,7 @@
 (generator with contrastive gather + adaptive GAN weight, and discriminator)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from meditok.engine.distributed import DistInfo
 from test_train_run import tiny_config, write_manifest
 
 BATCH = 8
+
+SPAWN_TIMEOUT_S = 300  # the run takes ~6 s on 2 idle cores
 
 
 def _config(manifest: Path, out: Path):
@@ -62,7 +65,15 @@ def _worker(rank: int, manifest: str, out: str, rdv: str) -> None:
 @pytest.mark.slow
 def test_two_process_gloo_matches_single_process(shared_data, tmp_path):
     manifest = write_manifest(shared_data, tmp_path, n_train=BATCH, n_val=0)
-    mp.spawn(_worker, args=(str(manifest), str(tmp_path), str(tmp_path / "rdv")), nprocs=2, join=True)
+    # join with a deadline: a gloo rendezvous that never completes fails the test instead of hanging CI
+    ctx = mp.start_processes(_worker, args=(str(manifest), str(tmp_path), str(tmp_path / "rdv")), nprocs=2,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + SPAWN_TIMEOUT_S
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the two gloo workers did not finish within {SPAWN_TIMEOUT_S} s (rendezvous {tmp_path / 'rdv'})")
     ddp = torch.load(tmp_path / "ddp_grads.pt")
 
     torch.set_num_threads(1)
