@@ -2,6 +2,8 @@
 on a non-finite loss without writing over the last good checkpoint."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -101,3 +103,28 @@ def test_resume_with_more_steps_follows_the_longer_schedule(tmp_path):
     for step in range(11, 21):  # the added steps: the 20-step schedule's LR, not the old final one
         assert lrs[step] == pytest.approx(ref[step])
     assert lrs[11] > 3 * lrs[10]
+
+
+def test_killed_session_keeps_its_cost_up_to_its_last_checkpoint(tmp_path):
+    """sessions.jsonl (what a resumed model's wall time is summed from) must not forget a session
+    that was killed: its row is kept current at every checkpoint and marked interrupted."""
+    calls = []
+
+    def killed_at_step_12(model, batch):
+        calls.append(1)
+        if len(calls) == 12:
+            raise KeyboardInterrupt
+        return _mse(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        _loop(tmp_path, 17, killed_at_step_12).fit()
+    rows = read_log(tmp_path / "sessions.jsonl")
+    assert len(rows) == 1 and rows[0]["interrupted"] is True
+    assert (rows[0]["from_step"], rows[0]["to_step"]) == (0, 10) and rows[0]["wall_s"] >= 0
+    resumed = _loop(tmp_path, 17)
+    t0 = time.time()
+    resumed.fit()
+    sessions = resumed.end_session(tmp_path / "final", t0)
+    assert [(r["from_step"], r["to_step"], r.get("interrupted", False)) for r in sessions] == [
+        (0, 10, True), (10, 17, False)]  # the resumed session's checkpoint rows became one final row
+    assert read_log(tmp_path / "sessions.jsonl") == sessions

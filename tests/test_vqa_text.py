@@ -17,7 +17,7 @@ from meditok.data.vqa_rad import (
     validation_split,
 )
 from meditok.errors import InvalidInputError
-from meditok.metrics.text import exact_match, normalize_answer, token_recall, vqa_scores
+from meditok.metrics.text import exact_match, normalize_answer, paired_closed_test, token_recall, vqa_scores
 
 
 @pytest.mark.parametrize("raw, norm", [
@@ -63,6 +63,29 @@ def test_vqa_scores_groups():
     assert s["by_question_type"]["MODALITY"]["closed_accuracy"] is None
     with pytest.raises(ValueError):
         vqa_scores(items, preds[:2])
+
+
+def test_paired_closed_test_counts_discordant_closed_only():
+    items = [{"answer": a, "answer_type": t} for a, t in
+             [("yes", "CLOSED"), ("no", "CLOSED"), ("yes", "CLOSED"), ("no", "CLOSED"), ("liver", "OPEN")]]
+    a = ["Yes", "no", "no", "no", "liver"]
+    b = ["no", "no", "yes", "yes", "kidney"]  # the open question differs too but does not count
+    r = paired_closed_test(items, a, b)
+    assert (r["closed_n"], r["a_only"], r["b_only"]) == (4, 2, 1)
+    assert r["difference_points"] == pytest.approx(25.0)
+    assert r["p_value"] == pytest.approx(1.0)  # 2 * P(X <= 1 | 3, 1/2) = 2 * 4/8, capped
+    assert paired_closed_test(items, a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        paired_closed_test(items, a, b[:2])
+
+
+def test_paired_closed_test_matches_scipy_binomtest():
+    stats = pytest.importorskip("scipy.stats")
+    for a_only, b_only in [(31, 20), (18, 22), (35, 20), (0, 7), (40, 12)]:
+        items = [{"answer": "yes", "answer_type": "CLOSED"}] * (a_only + b_only)
+        r = paired_closed_test(items, ["yes"] * a_only + ["no"] * b_only, ["no"] * a_only + ["yes"] * b_only)
+        expect = stats.binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue
+        assert r["p_value"] == pytest.approx(expect, rel=1e-9)
 
 
 def test_question_types_canonical():
@@ -165,3 +188,33 @@ def test_choose_run_uses_validation_only(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(InvalidInputError, match="d: no validation curve"):
         choose_run([a, tmp_path / "d"])
+
+
+def test_paired_benchmark_agrees_with_the_recorded_accuracies(tmp_path):
+    """benchmarks/vqa_paired.py on the committed test predictions: the discordant counts of each
+    pair must reproduce the closed accuracies the eval records hold (same questions, same scorer)."""
+    import importlib.util
+    import re
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = root / "benchmarks/results/vqa"
+    table = json.loads((results / "vqa_rad.json").read_text())
+    labels = table["order"][:3]
+    for lab in labels:  # a copy: the script writes paired.{json,md} into the folder it reads
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", lab).strip("_")
+        shutil.copy(results / f"{stem}.predictions.jsonl", tmp_path)
+    (tmp_path / "vqa_rad.json").write_text(json.dumps({"order": labels}))
+    spec = importlib.util.spec_from_file_location("vqa_paired", root / "benchmarks/vqa_paired.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--results", str(tmp_path), "--baseline", labels[0]])
+    assert [p["a"] for p in out["pairs"]] == labels[1:] and (tmp_path / "paired.md").is_file()
+    for p in out["pairs"]:
+        acc = {lab: table["models"][lab]["scores"]["closed"]["closed_accuracy"] for lab in (p["a"], p["b"])}
+        assert p["closed_n"] == 272
+        assert p["difference_points"] == pytest.approx(100 * (acc[p["a"]] - acc[p["b"]]))
+        assert 0.0 < p["p_value"] <= 1.0
+    with pytest.raises(InvalidInputError, match="no predictions"):
+        mod.main(["--results", str(tmp_path), "--baseline", "nobody"])

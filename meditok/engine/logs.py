@@ -46,14 +46,18 @@ def load_average() -> list[float] | None:
 
 def record_session(out_dir: str | Path, record: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every (resumed) session of a run, kept in ``OUT/sessions.jsonl``: its wall time, the steps
-    it trained (``from_step`` → ``to_step``) and the load around it; ``record`` is appended
-    (atomically) when given. Returns all sessions, so a resumed model can state its whole cost."""
+    it trained (``from_step`` → ``to_step``) and the load around it; ``record`` is written
+    (atomically) when given, replacing an earlier row of the same ``session`` id — the loop keeps
+    its session's row current at every checkpoint, so a session that is killed (a time limit, a
+    restart with other threads) still counts up to its last checkpoint, marked ``interrupted``.
+    Returns all sessions, so a resumed model can state its whole cost."""
     from meditok.utils.io import atomic_write_text
 
     path = Path(out_dir) / "sessions.jsonl"
     rows = read_log(path)
     if record is not None:
-        rows.append(record)
+        sid = record.get("session")
+        rows = [r for r in rows if sid is None or r.get("session") != sid] + [record]
         atomic_write_text(path, "".join(json.dumps(_clean(r)) + "\n" for r in rows))
     return rows
 
