@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -23,23 +22,24 @@ sys.path.insert(0, str(ROOT))
 from meditok.errors import InvalidInputError
 from meditok.metrics.text import paired_closed_test
 from meditok.utils.results import markdown_table, write_results
+from meditok.vqa.bench import label_stem
 
 DEFAULT_BASELINE = "text-only (no image), 8 epochs, val-selected epoch"
 
 
-def _safe(label: str) -> str:  # the file name meditok vqa eval gives a label
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
-
-
 def load_predictions(results: Path, label: str) -> list[dict]:
-    path = results / f"{_safe(label)}.predictions.jsonl"
+    path = results / f"{label_stem(label)}.predictions.jsonl"
     if not path.exists():
         raise InvalidInputError(f"{path}: no predictions for label {label!r} (run meditok vqa eval first)")
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def compare(results: Path, a: str, b: str) -> dict:
-    rows_a, rows_b = load_predictions(results, a), load_predictions(results, b)
+def compare(results: Path, a: str, b: str, cache: dict[str, list[dict]] | None = None) -> dict:
+    cache = {} if cache is None else cache
+    for lab in (a, b):
+        if lab not in cache:
+            cache[lab] = load_predictions(results, lab)
+    rows_a, rows_b = cache[a], cache[b]
     if [r["qid"] for r in rows_a] != [r["qid"] for r in rows_b]:
         raise InvalidInputError(f"{results}: {a!r} and {b!r} answered different questions or in another order")
     r = paired_closed_test(rows_a, [x["prediction"] for x in rows_a], [x["prediction"] for x in rows_b])
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = Path(args.results)
     table = json.loads((results / "vqa_rad.json").read_text())
     pairs = [(lab, args.baseline) for lab in table["order"] if lab != args.baseline] + [tuple(p) for p in args.pair]
-    out = [compare(results, a, b) for a, b in pairs]
+    cache: dict[str, list[dict]] = {}  # the baseline is in every default pair: read it once
+    out = [compare(results, a, b, cache) for a, b in pairs]
     md = ["# Paired closed-accuracy tests on VQA-RAD test (exact McNemar)", "",
           ("Same closed questions for both systems; A only / B only: questions one system answers right "
            "and the other wrong; difference in points of closed accuracy; two-sided exact binomial p."), "",

@@ -194,17 +194,17 @@ def test_paired_benchmark_agrees_with_the_recorded_accuracies(tmp_path):
     """benchmarks/vqa_paired.py on the committed test predictions: the discordant counts of each
     pair must reproduce the closed accuracies the eval records hold (same questions, same scorer)."""
     import importlib.util
-    import re
     import shutil
     from pathlib import Path
+
+    from meditok.vqa.bench import label_stem
 
     root = Path(__file__).resolve().parents[1]
     results = root / "benchmarks/results/vqa"
     table = json.loads((results / "vqa_rad.json").read_text())
     labels = table["order"][:3]
     for lab in labels:  # a copy: the script writes paired.{json,md} into the folder it reads
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", lab).strip("_")
-        shutil.copy(results / f"{stem}.predictions.jsonl", tmp_path)
+        shutil.copy(results / f"{label_stem(lab)}.predictions.jsonl", tmp_path)
     (tmp_path / "vqa_rad.json").write_text(json.dumps({"order": labels}))
     spec = importlib.util.spec_from_file_location("vqa_paired", root / "benchmarks/vqa_paired.py")
     mod = importlib.util.module_from_spec(spec)

@@ -237,8 +237,9 @@ class Loop:
         if cfg.auto_resume and (last := ckpt_io.latest_checkpoint(self.out_dir)) is not None:
             self.load(last)
         self.start_step = self.step  # where this session began (0, or the resumed checkpoint's step)
-        self._session = {"session": f"{os.getpid()}-{time.time():.3f}", "start": time.time(),
-                         "from_step": self.step, "load_start": load_average()}
+        # this session's id, start and load: its sessions.jsonl row is kept current at every checkpoint
+        self._session_id = f"{os.getpid()}-{time.time():.3f}"
+        self._fit_start = (time.time(), load_average())
         logger = TrainLogger(self.out_dir, self.dist.is_main, cfg.steps, self.step,
                              cfg.tensorboard, cfg.progress)
         if self.resumed_from is not None:
@@ -267,7 +268,7 @@ class Loop:
                 if cfg.ckpt_every and (self.step % cfg.ckpt_every == 0 or last):
                     self.save()
                     if self.dist.is_main:  # this session's cost so far, in case it never ends cleanly
-                        record_session(self.out_dir, self._session_row(self._session["start"], interrupted=True))
+                        record_session(self.out_dir, self._session_row(*self._fit_start, interrupted=True))
         finally:
             logger.close()
         return {"step": self.step, "train": record, "eval": self.last_eval,
@@ -285,14 +286,14 @@ class Loop:
             if (Path(final) / "config.json").is_file():
                 return None
             return record_session(self.out_dir)
-        return record_session(self.out_dir, dict(self._session_row(started_at), load_start=load_start))
+        return record_session(self.out_dir, self._session_row(started_at, load_start))
 
-    def _session_row(self, started_at: float, interrupted: bool = False) -> dict[str, Any]:
+    def _session_row(self, started_at: float, load_start: Any, interrupted: bool = False) -> dict[str, Any]:
         """This session's ``sessions.jsonl`` row (``interrupted``: the checkpoint-time row that
         :meth:`end_session` replaces when the session ends normally)."""
-        row = {**self._session, "start": started_at, "wall_s": round(time.time() - started_at, 1),
-               "from_step": self.start_step, "to_step": self.step, "load_end": load_average(),
-               "command": " ".join(sys.argv)}
+        row = {"session": self._session_id, "start": started_at, "wall_s": round(time.time() - started_at, 1),
+               "from_step": self.start_step, "to_step": self.step, "load_start": load_start,
+               "load_end": load_average(), "command": " ".join(sys.argv)}
         return dict(row, interrupted=True) if interrupted else row
 
     def run(self) -> dict[str, Any]:

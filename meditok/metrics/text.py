@@ -64,6 +64,11 @@ def token_recall(prediction: object, truth: object) -> float:
     return found / len(gt)
 
 
+def is_closed(item: Mapping) -> bool:
+    """Whether a VQA item is closed-ended (its ``answer_type``, case and spaces ignored)."""
+    return str(item["answer_type"]).strip().upper() == "CLOSED"
+
+
 def vqa_scores(items: Sequence[Mapping], predictions: Sequence[object]) -> dict:
     """Scores of ``predictions`` against ``items`` (dicts with ``answer``, ``answer_type``
     ``CLOSED``/``OPEN`` and ``question_types``, a sequence of type names).
@@ -78,9 +83,8 @@ def vqa_scores(items: Sequence[Mapping], predictions: Sequence[object]) -> dict:
         raise ValueError(f"{len(items)} items but {len(predictions)} predictions")
     groups: dict[str, list[tuple[Mapping, object]]] = defaultdict(list)
     for it, pred in zip(items, predictions):
-        kind = str(it["answer_type"]).strip().upper()
         groups["overall"].append((it, pred))
-        groups["closed" if kind == "CLOSED" else "open"].append((it, pred))
+        groups["closed" if is_closed(it) else "open"].append((it, pred))
         for qt in it.get("question_types") or ("OTHER",):
             groups[f"qt:{qt}"].append((it, pred))
     result: dict = {k: _group(v) for k, v in groups.items() if not k.startswith("qt:")}
@@ -97,8 +101,8 @@ def _mean(values: Iterable[float]) -> float | None:
 
 
 def _group(pairs: list[tuple[Mapping, object]]) -> dict:
-    closed = [(it, p) for it, p in pairs if str(it["answer_type"]).strip().upper() == "CLOSED"]
-    open_ = [(it, p) for it, p in pairs if str(it["answer_type"]).strip().upper() != "CLOSED"]
+    closed = [(it, p) for it, p in pairs if is_closed(it)]
+    open_ = [(it, p) for it, p in pairs if not is_closed(it)]
     return {
         "n": len(pairs), "closed_n": len(closed), "open_n": len(open_),
         "closed_accuracy": _mean(exact_match(p, it["answer"]) for it, p in closed),
@@ -122,7 +126,7 @@ def paired_closed_test(items: Sequence[Mapping], predictions_a: Sequence[object]
         raise ValueError(f"{len(items)} items but {len(predictions_a)} and {len(predictions_b)} predictions")
     a_only = b_only = n = 0
     for it, pa, pb in zip(items, predictions_a, predictions_b):
-        if str(it["answer_type"]).strip().upper() != "CLOSED":
+        if not is_closed(it):
             continue
         n += 1
         ra, rb = exact_match(pa, it["answer"]), exact_match(pb, it["answer"])

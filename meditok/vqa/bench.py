@@ -96,7 +96,8 @@ def baseline_predictions(train: list[VQAItem], test: list[VQAItem]) -> dict[str,
     }
 
 
-def _safe(label: str) -> str:
+def label_stem(label: str) -> str:
+    """The file stem of ``label``'s ``<stem>.json`` / ``<stem>.predictions.jsonl`` records."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
 
 
@@ -111,7 +112,7 @@ def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | P
     ``mismatched``: the image control (``mismatched_images``, seed 0) instead of each question's image."""
     out = Path(out_dir)
     path = resolve_checkpoint(spec)
-    record_path = out / f"{_safe(label)}.json"
+    record_path = out / f"{label_stem(label)}.json"
     digest = _adapter_hash(path)
     control = "mismatched images (seed 0)" if mismatched else None
     if record_path.exists() and not overwrite:
@@ -137,7 +138,7 @@ def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | P
     preds = predict(model, items, batch_size, progress, mismatched_images(items) if mismatched else None)
     wall = time.time() - t1
     rows = [{**_item_dict(it), "prediction": p} for it, p in zip(items, preds)]
-    atomic_write_text(out / f"{_safe(label)}.predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(out / f"{label_stem(label)}.predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     cfg = model.config
     record = {
         "label": label, "model": str(path), "adapter_sha256": digest, "split": split,
