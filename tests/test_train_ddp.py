@@ -2,6 +2,7 @@
 (generator with contrastive gather + adaptive GAN weight, and discriminator)."""
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 
@@ -58,6 +59,12 @@ def _worker(rank: int, manifest: str, out: str, rdv: str) -> None:
         grads = _grads(trainer, local)
         if rank == 0:
             torch.save(grads, Path(out) / "ddp_grads.pt")
+        # Tear the DDP wrappers down while the group is alive, and leave together: with the trainer
+        # destroyed only at frame exit, after destroy_process_group, one rank hung on exit in about
+        # 1 of 12 runs on 2 loaded cores (0 of 25 this way; the 300 s deadline below caught it in CI).
+        del trainer, grads
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
