@@ -108,6 +108,20 @@ long_text() {
   train stage_b_text_only_val8
   evaluate stage_b_text_only_val8/best "text-only (no image), 8 epochs, val-selected epoch"
 }
+# Visual contrastive decoding (meditok.vqa.contrast) on the shipped adapter, val only: alpha 0 / 0.5 / 1 / 2,
+# the rule fixed before (best val closed accuracy, the smallest alpha on ties; alpha 0 is plain greedy). Every
+# alpha > 0 lost on val, so test was never answered with it and the shipped adapter decodes greedily.
+vcd_val() {
+  local a
+  for a in 0 0.5 1 2; do
+    meditok vqa eval --model meditok-vqa-small --label "shipped, VCD alpha $a" --split val --contrast-alpha "$a" \
+      --vqa-rad "$VQA_RAD" --out "$RESULTS/val/contrast" --quiet "${EVAL_THREADS[@]}"
+  done
+}
+# The shipped recipe with the tower reading 128-px images, each 2x2 block of its 16x16 grid merged into one
+# token (64 image tokens of 512 dims); image side only, so the 8-epoch text-only run stays its baseline.
+s1_128_a() { train stage_a_s1_128m2 --data.manifest "$MANIFEST" --model.tokenizer "$S1"; }
+s1_128_b() { train stage_b_s1_128m2_val8 --init_from "$RUNS/stage_a_s1_128m2/final" --model.tokenizer "$S1"; }
 disjoint_text() { train stage_b_text_only_disjoint && evaluate stage_b_text_only_disjoint/final "text-only, image-disjoint, 1 epoch"; }
 
 # The shipped adapter: of the five val-recipe candidates (two tokenizers x quantised / encoder tokens,
@@ -168,6 +182,8 @@ group enc_s1_a enc_s1_b
 group long_s1
 group ship
 if [ "${1:-all}" = main ]; then log "shipped: meditok/weights/meditok-vqa-small"; exit 0; fi
+group vcd_val
+group s1_128_a s1_128_b
 group fixed_b disjoint_image
 group fixed_text disjoint_text
 # Paired (exact McNemar) tests: every row against the 8-epoch text-only baseline, plus these pairs.

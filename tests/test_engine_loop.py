@@ -128,3 +128,30 @@ def test_killed_session_keeps_its_cost_up_to_its_last_checkpoint(tmp_path):
     assert [(r["from_step"], r["to_step"], r.get("interrupted", False)) for r in sessions] == [
         (0, 10, True), (10, 17, False)]  # the resumed session's checkpoint rows became one final row
     assert read_log(tmp_path / "sessions.jsonl") == sessions
+
+
+def test_close_drops_the_ddp_wrapper_then_meets_the_other_ranks_then_leaves(tmp_path, monkeypatch):
+    """torchrun teardown order: DDP wrapper dropped, barrier (only after a clean run: after a
+    failure the other ranks may never reach it), then destroy_process_group — a wrapper freed
+    after the group was destroyed hung one rank at exit now and then."""
+    from meditok.engine import distributed
+    from meditok.engine.distributed import DistInfo
+
+    loop = _loop(tmp_path, 1)
+    events = []
+    monkeypatch.setattr(distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: events.append(("barrier", loop.ddp is loop.model)))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                        lambda: events.append(("destroy", loop.ddp is loop.model)))
+    loop.dist, loop.ddp = DistInfo(0, 2, 0, True), nn.Identity()  # as if wrapped by DDP
+    loop.close()
+    assert events == [("barrier", True), ("destroy", True)]
+    events.clear()
+    loop.ddp = nn.Identity()
+    loop.close(clean=False)
+    assert events == [("destroy", True)]
+    events.clear()
+    loop.dist = DistInfo(0, 2, 0, False)  # a group this process joined (a test harness's): left alone
+    loop.close()
+    assert events == []

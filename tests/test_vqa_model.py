@@ -39,43 +39,6 @@ from meditok.vqa.prompt import (
     split_at_placeholder,
 )
 
-CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def tiny_lm_dir(tmp_path_factory) -> Path:
-    """A 2-layer Llama (hidden 32) with a byte-level BPE tokenizer and a ChatML template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny_lm")
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(["Is there a fracture? yes no", "What organ is shown? the liver",
-                             "Describe the image. This is an X-ray image of the chest."] * 10, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<pad>",
-                                  unk_token="<unk>", bos_token="<|im_start|>")
-    tok.chat_template = CHAT
-    tok.save_pretrained(d)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return MedITok.from_preset("tiny").save_pretrained(tmp_path_factory.mktemp("tiny_tok"))
-
-
 def _model(lm_dir: Path, tok_dir: Path, r: int = 4, use_image: bool = True, **kw) -> VQAModel:
     cfg = VQAModelConfig.from_dict({"lm": str(lm_dir), "tokenizer": str(tok_dir), "use_image": use_image,
                                     "lora": {"r": r, "alpha": 2 * r}, **kw})
@@ -184,6 +147,24 @@ def test_tower_feature_kinds_on_real_images(shared_data, one_thread):
     assert (f["encoder"] - f["quantized"]).abs().mean() > 0.1 * f["encoder"].abs().mean()
     with pytest.raises(InvalidInputError, match="expects \\[-1, 1\\]"):
         towers["encoder"](x * 4)
+
+
+def test_tower_at_another_size_merges_neighbours_space_to_depth(tiny_tokenizer_dir, one_thread):
+    from meditok.vqa.model import VisionTower
+
+    tok = MedITok.from_pretrained(tiny_tokenizer_dir)  # native 32 px, stride 8
+    plain, merged = VisionTower(tok, image_size=64), VisionTower(tok, image_size=64, merge=2)
+    assert plain.preprocess.image_size == 64 and tok.config.preprocess.image_size == 32
+    assert (plain.grid, merged.grid, merged.num_positions, merged.dim) == (8, 4, 16, 4 * plain.dim)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    a, m = plain(x).reshape(2, 8, 8, -1), merged(x)
+    # merged token (r, c) = positions (2r+i, 2c+j), i, j in {0, 1}, concatenated row-major
+    for r, c in ((0, 0), (1, 2), (3, 3)):
+        want = torch.cat([a[:, 2 * r + i, 2 * c + j] for i in (0, 1) for j in (0, 1)], -1)
+        torch.testing.assert_close(m[:, 4 * r + c], want)
+    for size, merge in ((40, 2), (36, 1)):  # a 5x5 grid cannot merge 2x2; 36 px is no multiple of 8
+        with pytest.raises(InvalidInputError, match="multiple of"):
+            VisionTower(tok, image_size=size, merge=merge)
 
 
 def test_text_only_model_has_no_projector(tiny_lm_dir, tiny_tokenizer_dir, one_thread):
@@ -321,12 +302,20 @@ def test_train_stages_ask_and_eval_end_to_end(tmp_path, tiny_lm_dir, tiny_tokeni
     assert set(swap) == set(swap.values()) and all(k != v for k, v in swap.items())
     want = predict(b, items, progress=False, image_map=swap)
     assert [json.loads(x)["prediction"] for x in (res / "tiny-mismatched.predictions.jsonl").read_text().splitlines()] == want
+    # visual contrastive decoding: a record of its own, never mixed up with a greedy one
+    with pytest.raises(InvalidInputError, match="decoding"):
+        evaluate_model(str(final), "tiny", vqa, res, progress=False, contrast_alpha=1.0)
+    vcd = evaluate_model(str(final), "tiny-vcd", vqa, res, progress=False, contrast_alpha=1.0)
+    assert vcd["decoding"]["alpha"] == 1.0 and rec["decoding"] == "greedy"
+    b.config.contrast.alpha = 1.0
+    want = predict(b, items, progress=False)
+    assert [json.loads(x)["prediction"] for x in (res / "tiny-vcd.predictions.jsonl").read_text().splitlines()] == want
 
 
 def _input(model: VQAModel, path: Path) -> torch.Tensor:
     from meditok.data.preprocess import load_image
 
-    return load_image(path, model.tower.tokenizer.config.preprocess)[None]
+    return load_image(path, model.tower.preprocess)[None]
 
 
 @pytest.mark.slow

@@ -61,8 +61,16 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank, world, local_rank, True)
 
 
-def cleanup(info: DistInfo) -> None:
+def cleanup(info: DistInfo, clean: bool = True) -> None:
+    """Release the process group this process created (a group it joined is left alone).
+
+    Call it after dropping the DDP wrappers: a wrapper freed after ``destroy_process_group``
+    hung one rank at exit now and then on two loaded cores. ``clean``: every rank finished the
+    run, so they first meet at a barrier and leave together; after a failure there is no barrier
+    (the other ranks may never reach it)."""
     if info.owns_group and is_initialized():
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

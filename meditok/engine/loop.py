@@ -19,6 +19,7 @@ built from the same engine pieces.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -275,8 +276,11 @@ class Loop:
                 "checkpoint": str(ckpt_io.latest_checkpoint(self.out_dir) or ""),
                 "command": " ".join(sys.argv)}
 
-    def close(self) -> None:
-        cleanup(self.dist)
+    def close(self, clean: bool = True) -> None:
+        """Drop the DDP wrapper, then release the process group (see :func:`cleanup`)."""
+        self.ddp = self.model
+        gc.collect()
+        cleanup(self.dist, clean)
 
     def end_session(self, final: str | Path, started_at: float, load_start: Any = None) -> list[dict] | None:
         """After :meth:`run` on rank 0: record this session in ``OUT/sessions.jsonl`` and return every
@@ -299,7 +303,10 @@ class Loop:
     def run(self) -> dict[str, Any]:
         """:meth:`fit`, then :meth:`close` however it ends (the process group must not outlive
         a failed run: torchrun would wait for it)."""
+        clean = False
         try:
-            return self.fit()
+            result = self.fit()
+            clean = True
+            return result
         finally:
-            self.close()
+            self.close(clean)

@@ -24,7 +24,7 @@ from meditok.vqa.model import VQAModel
 
 
 def _image(model: VQAModel, path: str | Path, modality: str | None = None) -> torch.Tensor:
-    return load_image(path, model.tower.tokenizer.config.preprocess, modality)
+    return load_image(path, model.tower.preprocess, modality)
 
 
 def ask(model: VQAModel, image: str | Path | None, question: str, modality: str | None = None) -> str:

@@ -31,6 +31,7 @@ from meditok.metrics.text import normalize_answer, vqa_scores
 from meditok.utils.hub import WEIGHTS_NAME, resolve_checkpoint
 from meditok.utils.io import atomic_write_text
 from meditok.utils.results import environment, markdown_table, pct, write_results
+from meditok.vqa.contrast import noised
 from meditok.vqa.data import FeatureTable
 from meditok.vqa.model import VQAModel
 
@@ -57,15 +58,21 @@ def mismatched_images(items: list[VQAItem], seed: int = 0) -> dict[str, str]:
 
 def predict(model: VQAModel, items: list[VQAItem], batch_size: int = 16, progress: bool = True,
             image_map: dict[str, str] | None = None) -> list[str]:
-    """Greedy answers for ``items`` (in order); features are computed once per image. With
-    ``image_map`` (path → path, see ``mismatched_images``) a question sees the mapped image."""
+    """Greedy answers for ``items`` (in order); features are computed once per image (and once
+    per noised image under contrastive decoding). With ``image_map`` (path → path, see
+    ``mismatched_images``) a question sees the mapped image."""
     image_map = image_map or {}
-    features = None
+    tables: list[FeatureTable] = []
     if model.config.use_image:
-        features = FeatureTable(model.tower, {str(p): None for p in images_of(items).values()},
-                                model.tower.tokenizer.config.preprocess)
-        if features.skipped:
-            raise RuntimeError(f"unreadable VQA-RAD images: {[str(e) for e in features.skipped][:3]}")
+        pre = model.tower.preprocess
+        paths = {str(p): None for p in images_of(items).values()}
+        tables.append(FeatureTable(model.tower, paths, pre))
+        if model.config.contrast.active:
+            contrast = model.config.contrast
+            tables.append(FeatureTable(model.tower, paths, pre,
+                                       transform=lambda x: noised(x, contrast, pre.input_range)))
+        if tables[0].skipped:
+            raise RuntimeError(f"unreadable VQA-RAD images: {[str(e) for e in tables[0].skipped][:3]}")
     order = sorted(range(len(items)), key=lambda i: len(items[i].question))  # less padding
     answers: list[str] = [""] * len(items)
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -74,9 +81,10 @@ def predict(model: VQAModel, items: list[VQAItem], batch_size: int = 16, progres
         chunks = tqdm(chunks, desc="answering")
     for chunk in chunks:
         qs = [items[i].question for i in chunk]
-        feats = (torch.stack([features[image_map.get(str(items[i].image_path), str(items[i].image_path))]
-                              for i in chunk]) if features else None)
-        for i, a in zip(chunk, model.generate(qs, features=feats)):
+        keys = [image_map.get(str(items[i].image_path), str(items[i].image_path)) for i in chunk]
+        feats = [torch.stack([table[k] for k in keys]) for table in tables]
+        for i, a in zip(chunk, model.generate(qs, features=feats[0] if feats else None,
+                                              contrast_features=feats[1] if len(feats) > 1 else None)):
             answers[i] = a
     return answers
 
@@ -107,23 +115,32 @@ def _adapter_hash(path: Path) -> str:
 
 def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | Path, device: str = "cpu",
                    batch_size: int = 16, overwrite: bool = False, progress: bool = True,
-                   split: str = "test", mismatched: bool = False) -> dict[str, Any]:
+                   split: str = "test", mismatched: bool = False,
+                   contrast_alpha: float | None = None) -> dict[str, Any]:
     """Answer every question of ``split`` with the adapter ``spec``; write and return its record.
-    ``mismatched``: the image control (``mismatched_images``, seed 0) instead of each question's image."""
+    ``mismatched``: the image control (``mismatched_images``, seed 0) instead of each question's image.
+    ``contrast_alpha``: visual contrastive decoding strength instead of the adapter's own."""
     out = Path(out_dir)
     path = resolve_checkpoint(spec)
     record_path = out / f"{label_stem(label)}.json"
     digest = _adapter_hash(path)
     control = "mismatched images (seed 0)" if mismatched else None
+    cfg = VQAModel.config_from_pretrained(path)
+    if contrast_alpha is not None:
+        cfg.contrast.alpha = float(contrast_alpha)
+        cfg.contrast.validate()
+    decoding = cfg.contrast.to_dict() if cfg.contrast.active and cfg.use_image else "greedy"
     if record_path.exists() and not overwrite:
         old = json.loads(record_path.read_text())
-        if old.get("adapter_sha256") == digest and old.get("split") == split and old.get("image_control") == control:
-            return old  # these predictions are of this very adapter: re-use them
-        raise InvalidInputError(f"{record_path}: label {label!r} already holds results of another adapter "
-                                f"or image control ({old.get('model')}, {old.get('image_control')}); pass --overwrite "
+        if (old.get("adapter_sha256") == digest and old.get("split") == split
+                and old.get("image_control") == control and old.get("decoding", "greedy") == decoding):
+            return old  # these predictions are of this very adapter and decoding: re-use them
+        raise InvalidInputError(f"{record_path}: label {label!r} already holds results of another adapter, "
+                                f"image control or decoding ({old.get('model')}, {old.get('image_control')}, "
+                                f"{old.get('decoding')}); pass --overwrite "
                                 "or choose another --label")
     if split == "val":  # checked from the config, before the LM is loaded
-        meta = VQAModel.config_from_pretrained(path).meta
+        meta = cfg.meta
         trained_on = (meta.get("training", {}).get("data") or {}).get("train_split", "train")
         if trained_on != "train-val":
             raise InvalidInputError(f"{path}: trained on {trained_on!r}, which holds the val questions; "
@@ -131,6 +148,7 @@ def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | P
     items = load_vqa_rad(vqa_root, split)
     t0 = time.time()
     model = VQAModel.from_pretrained(path, map_location=device)
+    model.config.contrast = cfg.contrast
     if mismatched and not model.config.use_image:
         raise InvalidInputError(f"{path}: a text-only adapter has no image to mismatch")
     load_s = time.time() - t0
@@ -142,7 +160,7 @@ def evaluate_model(spec: str, label: str, vqa_root: str | Path, out_dir: str | P
     cfg = model.config
     record = {
         "label": label, "model": str(path), "adapter_sha256": digest, "split": split,
-        "image_control": control,
+        "image_control": control, "decoding": decoding,
         "config": {"tokenizer": cfg.tokenizer, "lm": cfg.lm, "features": cfg.features,
                    "use_image": cfg.use_image, "lora_r": cfg.lora.r,
                    "tokenizer_identity": cfg.meta.get("tokenizer_identity")},

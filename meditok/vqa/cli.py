@@ -44,7 +44,7 @@ def _eval(args: argparse.Namespace) -> int:
         for spec, label in zip(models, labels):
             rec = evaluate_model(spec, label, args.vqa_rad, args.out, args.device, args.batch_size,
                                  args.overwrite, not args.quiet, split=args.split,
-                                 mismatched=args.mismatched_images)
+                                 mismatched=args.mismatched_images, contrast_alpha=args.contrast_alpha)
             s = rec["scores"]
             print(f"{label}: closed acc {pct(s['closed']['closed_accuracy'])} %, open recall "
                   f"{pct(s['open']['open_recall'])} %, open acc {pct(s['open']['open_accuracy'])} % "
@@ -68,6 +68,9 @@ def _ask(args: argparse.Namespace) -> int:
     elif not args.image or args.question is None:
         raise InvalidInputError("give IMAGE and QUESTION (or --batch questions.jsonl --out answers.jsonl)")
     model = VQAModel.from_pretrained(args.model, map_location=args.device)
+    if args.contrast_alpha is not None:
+        model.config.contrast.alpha = args.contrast_alpha
+        model.config.contrast.validate()
     if args.batch:
         summary = ask_batch(model, args.batch, args.out, args.overwrite, args.batch_size, not args.quiet)
         print(f"{summary['answered']} answered, {summary['errors']} with errors → {summary['out']}")
@@ -102,6 +105,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="re-answer even if predictions exist")
     p.add_argument("--mismatched-images", action="store_true",
                    help="control: each question sees another test image (fixed derangement, seed 0)")
+    p.add_argument("--contrast-alpha", type=float, default=None,
+                   help="visual contrastive decoding strength instead of the adapter's own "
+                        "(model.contrast.alpha; 0: plain greedy)")
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="test (the release's 451 questions) or val (questions held out of train; "
                         "for adapters trained with data.train_split train-val)")
@@ -117,5 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", help="modality of IMAGE (ct, mri, xray, …) when it matters for reading it")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"adapter folder or bundled name (default {DEFAULT_MODEL})")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--contrast-alpha", type=float, default=None,
+                   help="visual contrastive decoding strength instead of the adapter's own (0: plain greedy)")
     add_runtime_arguments(p)
     p.set_defaults(func=_ask)

@@ -19,6 +19,8 @@ from meditok.utils.config import Config
 #: tokens.
 FEATURE_KINDS = ("quantized", "codes", "encoder")
 IMAGE_PLACEHOLDER = "<image>"
+#: Length of the diffusion schedule whose step ``contrast.noise_step`` noises the image.
+DIFFUSION_STEPS = 1000
 
 
 @dataclass
@@ -61,6 +63,27 @@ class PromptConfig(Config):
 
 
 @dataclass
+class ContrastConfig(Config):
+    """Visual contrastive decoding at inference (:mod:`meditok.vqa.contrast`; ``alpha`` 0: plain
+    greedy decoding)."""
+
+    alpha: float = 0.0
+    #: Adaptive plausibility cut: keep tokens with ``p ≥ beta·max p`` under the real image.
+    beta: float = 0.1
+    #: Diffusion step of the noised image (0 < t ≤ 1000).
+    noise_step: int = 500
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.alpha < 0 or not 0 < self.beta <= 1 or not 0 < self.noise_step <= DIFFUSION_STEPS:
+            raise ValueError("contrast: alpha >= 0, 0 < beta <= 1, 0 < noise_step <= 1000")
+
+    @property
+    def active(self) -> bool:
+        return self.alpha > 0
+
+
+@dataclass
 class VQAModelConfig(Config):
     """A MedITok vision tower + projector + (LoRA-adapted) causal LM."""
 
@@ -69,6 +92,10 @@ class VQAModelConfig(Config):
     #: LM spec for :func:`meditok.vqa.lm.resolve_lm_dir` (a packaged name or a local HF folder).
     lm: str = "smollm2-135m"
     features: str = "quantized"
+    #: Resolution the tower reads images at (0: the tokenizer's own ``preprocess.image_size``).
+    image_size: int = 0
+    #: Concatenate each ``merge × merge`` block of neighbouring grid positions into one image token.
+    merge: int = 1
     #: ``False``: the text-only baseline (same prompt, no image embeddings spliced in).
     use_image: bool = True
     #: Projector hidden width (0: the LM's hidden size, LLaVA's ``mlp2x_gelu``).
@@ -78,6 +105,7 @@ class VQAModelConfig(Config):
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(r=0))
     prompt: PromptConfig = field(default_factory=PromptConfig)
     max_new_tokens: int = 24
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
     #: Filled in by training: identity of the LM and tokenizer (checked at load), provenance.
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -86,8 +114,11 @@ class VQAModelConfig(Config):
             raise ValueError(f"model.features must be one of {FEATURE_KINDS}, got {self.features!r}")
         if self.projector_hidden < 0 or self.max_new_tokens < 1:
             raise ValueError("model.projector_hidden >= 0 and model.max_new_tokens >= 1")
+        if self.image_size < 0 or self.merge < 1:
+            raise ValueError("model.image_size >= 0 (0: the tokenizer's own) and model.merge >= 1")
         self.lora.validate()
         self.prompt.validate()
+        self.contrast.validate()
 
 
 @dataclass

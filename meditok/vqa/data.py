@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,10 +124,13 @@ def collate(items: Sequence[Packed], pad_id: int, features: FeatureTable | None 
 
 
 class FeatureTable:
-    """Frozen tower features of a set of images, computed once (``[h·w, D]`` per image)."""
+    """Frozen tower features of a set of images, computed once (``[h·w, D]`` per image).
+    ``transform``: applied to each preprocessed batch before the tower (the noised copies of
+    contrastive decoding)."""
 
     def __init__(self, tower: Any, images: dict[str, str | None], pre: PreprocessConfig,
-                 batch_size: int = 64, progress: bool = False):
+                 batch_size: int = 64, progress: bool = False,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.index: dict[str, int] = {}
         self.skipped: list[ImageReadError] = []
         chunks = []
@@ -146,7 +149,8 @@ class FeatureTable:
                 except ImageReadError as exc:
                     self.skipped.append(exc)
             if tensors:
-                chunks.append(tower(torch.stack(tensors).to(device)).cpu())
+                x = torch.stack(tensors).to(device)
+                chunks.append(tower(transform(x) if transform else x).cpu())
                 for key in good:
                     self.index[key] = len(self.index)
         self.table = torch.cat(chunks) if chunks else torch.empty(0)

@@ -18,6 +18,7 @@ at <image> into the LM's input embeddings → (LoRA-adapted) causal LM → answe
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from meditok.tokenizer.model import MedITok
 from meditok.utils.hub import PretrainedMixin
 from meditok.utils.lazy import require
 from meditok.vqa.config import VQAModelConfig
+from meditok.vqa.contrast import contrastive_greedy, noised
 from meditok.vqa.lm import EXTRA, lm_identity, load_lm, prompt_template_for
 from meditok.vqa.prompt import PromptFormat, expand_image, splice_embeddings
 
@@ -38,16 +40,29 @@ ADAPTER_PREFIXES = ("projector.",)
 
 
 class VisionTower(nn.Module):
-    """A frozen MedITok giving ``[B, h·w, D]`` per-position features (always ``eval``, fp32)."""
+    """A frozen MedITok giving ``[B, h·w, D]`` per-position features (always ``eval``, fp32).
 
-    def __init__(self, tokenizer: MedITok, kind: str = "quantized"):
+    ``image_size`` (0: the tokenizer's own) runs it at another resolution — its encoder has no
+    positional embedding — and ``merge`` k concatenates each k×k block of neighbouring positions
+    into one token (space-to-depth): at twice the size and ``merge`` 2 the LM gets the same number
+    of image tokens with four times the pixels behind each. :attr:`preprocess` is the contract
+    images must be read with."""
+
+    def __init__(self, tokenizer: MedITok, kind: str = "quantized", image_size: int = 0, merge: int = 1):
         super().__init__()
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.kind = kind
         m = tokenizer.config.model
-        self.grid = m.grid_size()
+        pre = tokenizer.config.preprocess
+        self.preprocess = dataclasses.replace(pre, image_size=image_size or pre.image_size)
+        side = m.grid_size(self.preprocess.image_size)
+        if side < 1 or side * m.downsample != self.preprocess.image_size or side % merge:
+            raise InvalidInputError(f"model.image_size {self.preprocess.image_size} must be a multiple of "
+                                    f"{m.downsample * merge} (the tokenizer's stride {m.downsample} x merge {merge})")
+        self.side, self.merge = side, merge
+        self.grid = side // merge
         self.num_positions = self.grid * self.grid
-        self.dim = m.vocab_width if kind == "codes" else m.width
+        self.dim = (m.vocab_width if kind == "codes" else m.width) * merge * merge
 
     def train(self, mode: bool = True) -> VisionTower:
         return super().train(False)  # frozen: never leaves eval (no quantiser statistics)
@@ -61,6 +76,9 @@ class VisionTower(nn.Module):
             else:
                 latents = tok.codes_to_latents(tok.tokenize(images))
                 feats = latents if self.kind == "codes" else tok.post_quant_proj(latents.float())
+        if self.merge > 1:  # [B, (g·k)², D] → [B, g², k²·D], each k×k block row-major
+            b, k, g = feats.shape[0], self.merge, self.grid
+            feats = (feats.reshape(b, g, k, g, k, -1).permute(0, 1, 3, 2, 4, 5).reshape(b, g * g, -1))
         return feats.float()
 
 
@@ -122,7 +140,7 @@ class VQAModel(PretrainedMixin, nn.Module):
         self.text_tokenizer = text_tokenizer
         self.prompt = PromptFormat(text_tokenizer, config.prompt)
         self.tower = VisionTower(tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer),
-                                 config.features)
+                                 config.features, config.image_size, config.merge)
         cfg = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
         self.hidden = int(cfg.hidden_size)
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
@@ -243,13 +261,17 @@ class VQAModel(PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def generate(self, questions: list[str], images: torch.Tensor | None = None,
-                 features: torch.Tensor | None = None, max_new_tokens: int | None = None) -> list[str]:
+                 features: torch.Tensor | None = None, max_new_tokens: int | None = None,
+                 contrast_features: torch.Tensor | None = None) -> list[str]:
         """Greedy answers to ``questions`` about ``images [B,3,S,S]`` (or pre-computed tower
-        ``features``); one image per question. Batched with left padding."""
+        ``features``); one image per question. Batched with left padding. With
+        ``config.contrast.alpha > 0``: visual contrastive decoding against the noised images
+        (:mod:`meditok.vqa.contrast`; ``contrast_features``: their pre-computed tower output)."""
         if not questions:
             return []
         device = self.lm.get_input_embeddings().weight.device
-        image_embeds = None
+        contrast = self.config.contrast
+        image_embeds = contrast_embeds = None
         if self.config.use_image:
             if features is None:
                 if images is None:
@@ -258,6 +280,14 @@ class VQAModel(PretrainedMixin, nn.Module):
             if features.shape[0] != len(questions):
                 raise InvalidInputError(f"{len(questions)} questions but {features.shape[0]} images")
             image_embeds = self.project(features.to(device))
+            if contrast.active:
+                if contrast_features is None:
+                    if images is None:
+                        raise InvalidInputError("contrastive decoding needs the images or their "
+                                                "noised copies' features (contrast_features)")
+                    pre = self.tower.preprocess
+                    contrast_features = self.tower(noised(images.to(device), contrast, pre.input_range))
+                contrast_embeds = self.project(contrast_features.to(device))
         seqs = [self.prompt_ids(q) for q in questions]
         width = max(len(s) for s in seqs)
         pad = self.text_tokenizer.pad_token_id
@@ -267,11 +297,17 @@ class VQAModel(PretrainedMixin, nn.Module):
         for i, s in enumerate(seqs):
             ids[i, width - len(s):] = torch.tensor(s)
             mask[i, width - len(s):] = 1
-        embeds = splice_embeddings(ids.to(device), self.lm.get_input_embeddings(), image_embeds)
-        out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask.to(device),
-                               max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                               do_sample=False, num_beams=1, eos_token_id=self.prompt.end_id,
-                               pad_token_id=pad)
+        ids, mask = ids.to(device), mask.to(device)
+        embeds = splice_embeddings(ids, self.lm.get_input_embeddings(), image_embeds)
+        steps = max_new_tokens or self.config.max_new_tokens
+        if contrast_embeds is not None:
+            out = contrastive_greedy(self.lm, embeds, splice_embeddings(ids, self.lm.get_input_embeddings(),
+                                                                        contrast_embeds),
+                                     mask, contrast, steps, self.prompt.end_id, pad)
+        else:
+            out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=steps,
+                                   do_sample=False, num_beams=1, eos_token_id=self.prompt.end_id,
+                                   pad_token_id=pad)
         return [self.prompt.decode(row.tolist()) for row in out]
 
     def model_card(self) -> str:

@@ -62,7 +62,7 @@ def build_model(cfg: VQATrainConfig, verbose: bool = True) -> VQAModel:
     if cfg.init_from:
         src = Path(cfg.init_from)
         other = VQAModel.config_from_pretrained(src)
-        for key in ("tokenizer", "lm", "features"):
+        for key in ("tokenizer", "lm", "features", "image_size", "merge"):
             if getattr(other, key) != getattr(mcfg, key):
                 raise InvalidInputError(f"init_from {src}: trained with {key}={getattr(other, key)!r}, "
                                         f"this run uses {getattr(mcfg, key)!r}")
@@ -110,7 +110,7 @@ def build_dataset(cfg: VQATrainConfig, model: VQAModel, progress: bool = True) -
         raise InvalidInputError("no training pairs (check data.manifest / data.vqa_rad)")
     features = None
     if model.config.use_image:
-        pre = model.tower.tokenizer.config.preprocess
+        pre = model.tower.preprocess
         features = FeatureTable(model.tower, modalities, pre, d.feature_batch, progress)
         info["feature_skipped"] = [str(e) for e in features.skipped]
     seqs = []

@@ -13,6 +13,7 @@ update, so the last checkpoint on disk stays the last good state.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import sys
 import time
@@ -370,14 +371,22 @@ class Trainer:
         self.model.config.meta = meta
         return self.model.save_pretrained(self.out_dir / "final")
 
-    def close(self) -> None:
-        cleanup(self.dist)
+    def close(self, clean: bool = True) -> None:
+        """Drop the DDP wrappers, then release the process group (see ``cleanup``)."""
+        self.ddp = self.module
+        if self.disc_ddp is not None:
+            self.disc_ddp = self.disc
+        gc.collect()
+        cleanup(self.dist, clean)
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Build a :class:`Trainer` for ``cfg``, fit it and release the process group."""
     trainer = Trainer(cfg)
+    clean = False
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        clean = True
+        return result
     finally:
-        trainer.close()
+        trainer.close(clean)
