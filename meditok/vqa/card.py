@@ -19,12 +19,15 @@ def model_card(config: VQAModelConfig) -> str:
     name = meta.get("name") or tr.get("name") or "meditok-vqa adapter"
     what = ("A LLaVA-style adapter: frozen MedITok vision tower → 2-layer GELU MLP projector → "
             f"{'LoRA-adapted ' if config.lora.r else ''}causal LM. Only the "
-            f"{'projector and LoRA weights' if config.lora.r else 'projector'} are stored here; the "
+            f"{'projector and LoRA weights are' if config.lora.r else 'projector is'} stored here; the "
             "tokenizer and the LM are loaded by name.")
+    size = f"{config.image_size} px" if config.image_size else "the tokenizer's own size"
+    decoding = f"visual contrastive, alpha {config.contrast.alpha:g}" if config.contrast.active else "greedy"
     install = f" — install: `{lm['install']}` ({lm.get('licence')})" if lm.get("install") else ""
     lines = ["---", "library_name: meditok", "tags: [medical-imaging, vqa, llava, lora]", "---", "",
              f"# {name}", "", what, "",
-             f"- **tokenizer**: `{config.tokenizer}` (features: `{config.features}`)",
+             (f"- **tokenizer**: `{config.tokenizer}` (features: `{config.features}`; images read at "
+              f"{size}, {config.merge}x{config.merge} grid positions per image token; decoding: {decoding})"),
              (f"- **language model**: `{config.lm}` ({lm.get('architecture', '?')}, hidden "
              f"{lm.get('hidden_size', '?')}){install}"),
              (f"- **image input**: {'yes' if config.use_image else 'no (text-only baseline)'}; LoRA "
