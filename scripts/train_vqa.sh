@@ -41,10 +41,10 @@ ORDER=("MedITok-small-S1 (shipped), 8 epochs, val-selected epoch" "MedITok-small
        "text-only (no image), fixed 3 epochs" "MedITok-small, image-disjoint, 1 epoch" "text-only, image-disjoint, 1 epoch")
 
 log() { echo "[$(date '+%F %T')] load $(cut -d' ' -f1-3 /proc/loadavg): $*"; }
-train() {  # train CONFIG [overrides...]: output in $RUNS/CONFIG, resumes from its newest checkpoint
-  local cfg=$1; shift
-  log "train $cfg $*"
-  meditok vqa train "configs/vqa/$cfg.yaml" --data.vqa_rad "$VQA_RAD" --loop.output_dir "$RUNS/$cfg" \
+train() {  # [OUT=NAME] train CONFIG [overrides...]: output in $RUNS/NAME (default CONFIG), resumes from its newest checkpoint
+  local cfg=$1 out=${OUT:-$1}; shift
+  log "train $cfg -> $out $*"
+  meditok vqa train "configs/vqa/$cfg.yaml" --data.vqa_rad "$VQA_RAD" --loop.output_dir "$RUNS/$out" \
     --loop.progress false "${TRAIN_THREADS[@]}" "$@"
 }
 evaluate() {  # evaluate ADAPTER LABEL [eval options...]   (ADAPTER relative to $RUNS)
@@ -135,14 +135,13 @@ s1_128_b() {
 # Seed replicate of the shipped recipe and of its text-only baseline (loop.seed 1 in stage A and B: data order,
 # LoRA/projector init, dropout), the same validation rule. Written before it ran: it measures how far the
 # image-vs-text gap moves with the seed; nothing from it ships, whatever it scores.
-seed1_a() { train stage_a_s1 --data.manifest "$MANIFEST" --model.tokenizer "$S1" --loop.seed 1 --loop.output_dir "$RUNS/stage_a_s1_seed1"; }
+seed1_a() { OUT=stage_a_s1_seed1 train stage_a_s1 --data.manifest "$MANIFEST" --model.tokenizer "$S1" --loop.seed 1; }
 seed1_b() {
-  train stage_b_s1_val8 --init_from "$RUNS/stage_a_s1_seed1/final" --model.tokenizer "$S1" --loop.seed 1 \
-    --loop.output_dir "$RUNS/stage_b_s1_val8_seed1"
+  OUT=stage_b_s1_val8_seed1 train stage_b_s1_val8 --init_from "$RUNS/stage_a_s1_seed1/final" --model.tokenizer "$S1" --loop.seed 1
   evaluate stage_b_s1_val8_seed1/best "MedITok-small-S1, 8 epochs, seed 1 (replicate), val-selected epoch"
 }
 seed1_text() {
-  train stage_b_text_only_val8 --loop.seed 1 --loop.output_dir "$RUNS/stage_b_text_only_val8_seed1"
+  OUT=stage_b_text_only_val8_seed1 train stage_b_text_only_val8 --loop.seed 1
   evaluate stage_b_text_only_val8_seed1/best "text-only (no image), 8 epochs, seed 1 (replicate), val-selected epoch"
 }
 disjoint_text() { train stage_b_text_only_disjoint && evaluate stage_b_text_only_disjoint/final "text-only, image-disjoint, 1 epoch"; }
